@@ -1,0 +1,17 @@
+//! spipes: one daemon for many spiped-compatible encrypted pipes.
+//!
+//! The crate is a library so that the binary, the integration tests, the
+//! benchmarks and the fuzz targets all exercise the same code. The modules
+//! follow spiped's own concepts, plus the supervisor that spiped lacks.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod address;
+pub mod config;
+pub mod connection;
+pub mod net;
+pub mod pipe;
+pub mod protocol;
+pub mod supervisor;
+pub mod systemd;

@@ -1,0 +1,21 @@
+//! The shared secret: `K = SHA256(contents of the key file)`.
+
+/// The 32-byte shared key of a pipe, derived from a key file.
+///
+/// Wiped when dropped; its `Debug` output never shows the bytes.
+pub struct Key {
+    k: zeroize::Zeroizing<[u8; 32]>,
+}
+
+impl Key {
+    /// Derives the key from the whole contents of a key file.
+    pub fn from_file_contents(contents: &[u8]) -> Key {
+        let _ = contents;
+        unimplemented!("protocol helper fills this in")
+    }
+
+    /// The 32 bytes of `K`, for the handshake's PBKDF2 calls.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.k
+    }
+}
