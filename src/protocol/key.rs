@@ -19,3 +19,20 @@ impl Key {
         &self.k
     }
 }
+
+impl PartialEq for Key {
+    /// Compares in constant time (`subtle`), so that a reload's diff of
+    /// old and new keys leaks nothing through timing.
+    fn eq(&self, other: &Key) -> bool {
+        use subtle::ConstantTimeEq;
+        self.k.ct_eq(&*other.k).into()
+    }
+}
+
+impl Eq for Key {}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Key(<redacted>)")
+    }
+}

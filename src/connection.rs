@@ -1,0 +1,1 @@
+//! Placeholder while the core is written.
