@@ -1,1 +1,444 @@
-//! Placeholder while the core is written.
+//! One connection: dial, handshake, then the two directions of the data
+//! path, each ending on its own so that half-close works.
+//!
+//! An `encrypt` pipe accepted plaintext: it dials the target first and runs
+//! the client handshake over the new socket. A `decrypt` pipe accepted an
+//! encrypted connection: it runs the server handshake and, by default, dials
+//! only once the client proved the key, so that scanners never reach the
+//! backend.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::Instrument;
+
+use crate::config::{DialTiming, Mode};
+use crate::net::{ReadHalf, Stream, WriteHalf};
+use crate::pipe::{PipeSettings, PipeStats};
+use crate::protocol::{
+    HandshakeError, MAX_PAYLOAD, Opener, PACKET_LEN, PacketError, Sealer,
+    SessionKeys, client_handshake, server_handshake_start,
+};
+
+/// Plaintext read per system call: 64 packets' worth, so that one read and
+/// one write move 64 packets.
+const CHUNK: usize = 64 * MAX_PAYLOAD;
+
+/// Why a connection ended, recorded on its span and counted per pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Both directions reached a clean end of stream.
+    Finished,
+    /// The target could not be dialled.
+    DialFailed,
+    /// Dialling plus handshake took longer than the pipe's `timeout`.
+    Timeout,
+    /// The handshake failed; the peer is to blame.
+    Handshake(HandshakeFailure),
+    /// A packet failed its MAC or length check.
+    BadPacket,
+    /// The encrypted stream ended in the middle of a packet.
+    Truncated,
+    /// A socket error (reset, broken pipe) after the handshake.
+    Reset,
+    /// The pipe was removed or the daemon stopped, and the drain timeout
+    /// ran out.
+    Drained,
+}
+
+/// The handshake failures an operator needs to tell apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// The MAC on the peer's DH value was wrong: wrong key or not spiped.
+    BadMac,
+    /// The peer's DH value was out of range.
+    BadValue,
+    /// Forward secrecy was required and the peer had it off.
+    ForwardSecrecyRefused,
+    /// The peer closed or reset the connection mid-handshake.
+    PeerClosed,
+}
+
+impl CloseReason {
+    /// A short lowercase word for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Finished => "finished",
+            CloseReason::DialFailed => "dial failed",
+            CloseReason::Timeout => "timeout",
+            CloseReason::Handshake(h) => h.as_str(),
+            CloseReason::BadPacket => "bad packet",
+            CloseReason::Truncated => "truncated",
+            CloseReason::Reset => "reset",
+            CloseReason::Drained => "drain timeout",
+        }
+    }
+}
+
+impl HandshakeFailure {
+    /// A short lowercase word for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandshakeFailure::BadMac => "bad mac",
+            HandshakeFailure::BadValue => "bad dh value",
+            HandshakeFailure::ForwardSecrecyRefused => {
+                "forward secrecy refused"
+            }
+            HandshakeFailure::PeerClosed => "peer closed during handshake",
+        }
+    }
+
+    fn of(e: &HandshakeError) -> HandshakeFailure {
+        match e {
+            HandshakeError::BadMac => HandshakeFailure::BadMac,
+            HandshakeError::BadValue => HandshakeFailure::BadValue,
+            HandshakeError::ForwardSecrecyRefused => {
+                HandshakeFailure::ForwardSecrecyRefused
+            }
+            HandshakeError::Io(_) | HandshakeError::Eof => {
+                HandshakeFailure::PeerClosed
+            }
+        }
+    }
+}
+
+/// What went wrong before the data path started.
+enum SetupError {
+    Dial(io::Error),
+    Handshake(HandshakeError),
+    Timeout,
+}
+
+/// What ended the data path early.
+enum RelayError {
+    Io(io::Error),
+    Packet(PacketError),
+    Truncated,
+}
+
+impl From<io::Error> for RelayError {
+    fn from(e: io::Error) -> RelayError {
+        RelayError::Io(e)
+    }
+}
+
+/// The byte counts of one connection, plaintext, for the close event.
+#[derive(Default)]
+struct Counts {
+    /// From the source side towards the target side.
+    up: AtomicU64,
+    /// From the target side back to the source side.
+    down: AtomicU64,
+}
+
+/// Serves one accepted connection to its end, under a span that carries
+/// the pipe, the connection id and the peer.
+///
+/// Cancel-safe in the sense that matters: dropping the future closes both
+/// sockets, which is how a drain timeout cuts a connection.
+pub async fn serve(
+    accepted: Stream,
+    peer: String,
+    id: u64,
+    settings: Arc<PipeSettings>,
+    stats: Arc<PipeStats>,
+) -> CloseReason {
+    let span = tracing::debug_span!(
+        "connection",
+        pipe = %settings.config.name,
+        id,
+        peer = %peer,
+    );
+    serve_inner(accepted, settings, stats)
+        .instrument(span)
+        .await
+}
+
+async fn serve_inner(
+    accepted: Stream,
+    settings: Arc<PipeSettings>,
+    stats: Arc<PipeStats>,
+) -> CloseReason {
+    let started = Instant::now();
+    tracing::debug!("accepted");
+
+    let counts = Counts::default();
+    let reason = run(accepted, &settings, &stats, &counts).await;
+
+    // Count and log the outcome; what needs an operator is warned, with a
+    // rate limit since a scanner or a dead backend can cause many.
+    stats.record_close(reason);
+    let up = counts.up.load(Ordering::Relaxed);
+    let down = counts.down.load(Ordering::Relaxed);
+    tracing::debug!(
+        reason = reason.as_str(),
+        bytes_up = up,
+        bytes_down = down,
+        ms = started.elapsed().as_millis() as u64,
+        "closed"
+    );
+    reason
+}
+
+/// Sets the connection up, then relays until both directions end.
+async fn run(
+    mut accepted: Stream,
+    settings: &PipeSettings,
+    stats: &PipeStats,
+    counts: &Counts,
+) -> CloseReason {
+    let config = &settings.config;
+    if let Err(e) = accepted.configure(config.keepalive) {
+        tracing::debug!(error = %e, "setting socket options failed");
+        return CloseReason::Reset;
+    }
+
+    // Dial plus handshake, bounded by the pipe's timeout.
+    let setup = match config.mode {
+        Mode::Encrypt => setup_encrypt(settings).await,
+        Mode::Decrypt => setup_decrypt(&mut accepted, settings, stats).await,
+    };
+    let (target, keys) = match setup {
+        Ok(v) => v,
+        Err(e) => return settings.setup_failed(e, stats),
+    };
+
+    // The encrypted side is the target for encrypt pipes and the accepted
+    // socket for decrypt pipes; the plaintext side is the other one.
+    let (plain, wire) = match config.mode {
+        Mode::Encrypt => (accepted, target),
+        Mode::Decrypt => (target, accepted),
+    };
+    // Seal what the plaintext side sends; which way that is depends on
+    // the role.
+    let (sealed, opened) = match config.mode {
+        Mode::Encrypt => (
+            [&counts.up, &stats.bytes_up],
+            [&counts.down, &stats.bytes_down],
+        ),
+        Mode::Decrypt => (
+            [&counts.down, &stats.bytes_down],
+            [&counts.up, &stats.bytes_up],
+        ),
+    };
+    match relay(plain, wire, keys, sealed, opened).await {
+        Ok(()) => CloseReason::Finished,
+        Err(RelayError::Io(e)) => {
+            tracing::debug!(error = %e, "connection reset");
+            CloseReason::Reset
+        }
+        Err(RelayError::Packet(e)) => {
+            tracing::debug!(error = %e, "bad packet");
+            CloseReason::BadPacket
+        }
+        Err(RelayError::Truncated) => CloseReason::Truncated,
+    }
+}
+
+/// Client role: dial the target, then handshake over it.
+async fn setup_encrypt(
+    settings: &PipeSettings,
+) -> Result<(Stream, SessionKeys), SetupError> {
+    let config = &settings.config;
+    let work = async {
+        let mut target = settings.dial().await.map_err(SetupError::Dial)?;
+        let key = &settings.keys[0];
+        let keys = client_handshake(&mut target, key, config.forward_secrecy)
+            .await
+            .map_err(SetupError::Handshake)?;
+        Ok((target, keys))
+    };
+    tokio::time::timeout(config.timeout, work)
+        .await
+        .unwrap_or(Err(SetupError::Timeout))
+}
+
+/// Server role: handshake on the accepted socket and dial the target,
+/// after the client's proof or, with `dial = "early"`, alongside it.
+async fn setup_decrypt(
+    accepted: &mut Stream,
+    settings: &PipeSettings,
+    stats: &PipeStats,
+) -> Result<(Stream, SessionKeys), SetupError> {
+    let config = &settings.config;
+    let fs = config.forward_secrecy;
+    let work = async {
+        let keys = &settings.keys;
+        let (target, (session, index)) = match config.dial {
+            DialTiming::AfterProof => {
+                let proven = server_handshake_start(accepted, keys, fs)
+                    .await
+                    .map_err(SetupError::Handshake)?;
+                let index = proven.key_index();
+                let target = settings.dial().await.map_err(SetupError::Dial)?;
+                let session = proven
+                    .finish(accepted)
+                    .await
+                    .map_err(SetupError::Handshake)?;
+                (target, (session, index))
+            }
+            DialTiming::Early => {
+                let handshake = async {
+                    let proven = server_handshake_start(accepted, keys, fs)
+                        .await
+                        .map_err(SetupError::Handshake)?;
+                    let index = proven.key_index();
+                    let session = proven
+                        .finish(accepted)
+                        .await
+                        .map_err(SetupError::Handshake)?;
+                    Ok((session, index))
+                };
+                let dial =
+                    async { settings.dial().await.map_err(SetupError::Dial) };
+                tokio::try_join!(dial, handshake)?
+            }
+        };
+        stats.count_key_use(&config.keys[index].path);
+        Ok((target, session))
+    };
+    tokio::time::timeout(config.timeout, work)
+        .await
+        .unwrap_or(Err(SetupError::Timeout))
+}
+
+impl PipeSettings {
+    /// Dials this pipe's target with its socket options.
+    async fn dial(&self) -> io::Result<Stream> {
+        let config = &self.config;
+        self.target.dial(config.bind, config.keepalive).await
+    }
+
+    /// Logs and classifies a failed setup.
+    fn setup_failed(&self, e: SetupError, stats: &PipeStats) -> CloseReason {
+        match e {
+            SetupError::Dial(e) => {
+                stats.warn_limited("dial", || {
+                    tracing::warn!(
+                        pipe = %self.config.name,
+                        target = %self.config.target,
+                        error = %e,
+                        "cannot reach the target"
+                    )
+                });
+                CloseReason::DialFailed
+            }
+            SetupError::Handshake(e) => {
+                let failure = HandshakeFailure::of(&e);
+                if failure != HandshakeFailure::PeerClosed {
+                    stats.warn_limited(failure.as_str(), || {
+                        tracing::warn!(
+                            pipe = %self.config.name,
+                            error = %e,
+                            "handshake failed"
+                        )
+                    });
+                }
+                tracing::debug!(error = %e, "handshake failed");
+                CloseReason::Handshake(failure)
+            }
+            SetupError::Timeout => {
+                stats.warn_limited("timeout", || {
+                    tracing::warn!(
+                        pipe = %self.config.name,
+                        timeout_s = self.config.timeout.as_secs_f64(),
+                        "dial plus handshake timed out"
+                    )
+                });
+                CloseReason::Timeout
+            }
+        }
+    }
+}
+
+/// Runs both directions until each has ended; an error in either ends
+/// both, since the protocol cannot resynchronise.
+async fn relay(
+    plain: Stream,
+    wire: Stream,
+    keys: SessionKeys,
+    sealed: [&AtomicU64; 2],
+    opened: [&AtomicU64; 2],
+) -> Result<(), RelayError> {
+    let (plain_r, plain_w) = plain.into_split();
+    let (wire_r, wire_w) = wire.into_split();
+
+    // try_join, not select: a clean end of one direction must leave the
+    // other running, which is what half-close means.
+    let seal = seal_loop(plain_r, wire_w, keys.sealer, sealed);
+    let open = open_loop(wire_r, plain_w, keys.opener, opened);
+    tokio::try_join!(seal, open).map(|_| ())
+}
+
+/// Plaintext in, packets out; at end of stream, shuts down writing.
+async fn seal_loop(
+    mut from: ReadHalf,
+    mut to: WriteHalf,
+    mut sealer: Sealer,
+    counts: [&AtomicU64; 2],
+) -> Result<(), RelayError> {
+    let mut plain = vec![0u8; CHUNK];
+    let mut wire = Vec::with_capacity(CHUNK / MAX_PAYLOAD * PACKET_LEN);
+    loop {
+        let n = from.read(&mut plain).await?;
+        if n == 0 {
+            to.shutdown().await?;
+            return Ok(());
+        }
+
+        wire.clear();
+        sealer.seal(&plain[..n], &mut wire);
+        to.write_all(&wire).await?;
+        add(counts, n);
+    }
+}
+
+/// Packets in, plaintext out; a clean end of stream at a packet boundary
+/// shuts down writing, anywhere else it is a cut stream.
+async fn open_loop(
+    mut from: ReadHalf,
+    mut to: WriteHalf,
+    mut opener: Opener,
+    counts: [&AtomicU64; 2],
+) -> Result<(), RelayError> {
+    let mut wire = vec![0u8; CHUNK / MAX_PAYLOAD * PACKET_LEN];
+    let mut plain = Vec::with_capacity(CHUNK);
+    let mut filled = 0;
+    loop {
+        let n = from.read(&mut wire[filled..]).await?;
+        if n == 0 {
+            if filled != 0 {
+                return Err(RelayError::Truncated);
+            }
+            to.shutdown().await?;
+            return Ok(());
+        }
+        filled += n;
+
+        // Open every whole packet; keep a partial one for the next read.
+        let whole = filled - filled % PACKET_LEN;
+        plain.clear();
+        for packet in wire[..whole].chunks_exact(PACKET_LEN) {
+            let packet =
+                packet.try_into().map_err(|_| RelayError::Truncated)?;
+            opener
+                .open(packet, &mut plain)
+                .map_err(RelayError::Packet)?;
+        }
+        wire.copy_within(whole..filled, 0);
+        filled -= whole;
+
+        to.write_all(&plain).await?;
+        add(counts, plain.len());
+    }
+}
+
+/// Adds `n` bytes to a connection's and its pipe's counters.
+fn add(counts: [&AtomicU64; 2], n: usize) {
+    for c in counts {
+        c.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}

@@ -8,8 +8,13 @@
 #![warn(missing_docs)]
 
 pub mod address;
+pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod connection;
+pub mod daemon;
+pub mod keygen;
+pub mod logging;
 pub mod net;
 pub mod pipe;
 pub mod protocol;

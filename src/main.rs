@@ -1,1 +1,29 @@
-fn main() {}
+//! The `spipes` binary: parse the command line and hand off.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use spipes::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = spipes::logging::init(cli.log_level.as_deref()) {
+        eprintln!("spipes: {e}");
+        return ExitCode::from(2);
+    }
+
+    let result = match cli.command {
+        Command::Run { config } => spipes::commands::run(&config),
+        Command::Check { config } => spipes::commands::check(&config),
+        Command::Keygen { path, force } => {
+            spipes::commands::keygen(&path, force)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("spipes: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! The subcommands behind `main`: each returns an error for the binary to
+//! print, and the binary maps it to exit code 1.
+
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::config::{self, Mode};
+
+/// `spipes run`: the daemon, on a multi-threaded runtime.
+pub fn run(path: &Path) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(crate::daemon::run(path))?;
+    Ok(())
+}
+
+/// `spipes check`: load exactly as `run` does, print one line per pipe.
+pub fn check(path: &Path) -> anyhow::Result<()> {
+    let (config, warnings) = config::load(path)?;
+    for w in &warnings {
+        eprintln!("warning: {}", w.0);
+    }
+
+    let width = config.pipes.iter().map(|p| p.name.len()).max();
+    for pipe in &config.pipes {
+        let mode = match pipe.mode {
+            Mode::Encrypt => "encrypt",
+            Mode::Decrypt => "decrypt",
+        };
+        println!(
+            "{:width$}  {mode}  {} -> {}",
+            pipe.name,
+            pipe.source,
+            pipe.target,
+            width = width.unwrap_or(0)
+        );
+    }
+    Ok(())
+}
+
+/// `spipes keygen`: a new key file.
+pub fn keygen(path: &Path, force: bool) -> anyhow::Result<()> {
+    crate::keygen::write_key(path, force).with_context(|| {
+        if !force && path.exists() {
+            format!("{} exists; pass --force to replace it", path.display())
+        } else {
+            format!("cannot write {}", path.display())
+        }
+    })
+}

@@ -1,0 +1,134 @@
+//! `spipes run`: start every pipe, follow signals, reload, and drain on
+//! the way out.
+
+use std::path::Path;
+
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+use crate::config::{self, Config};
+use crate::supervisor::Supervisor;
+use crate::systemd;
+
+/// Why the daemon could not start; printed, then the process exits 1.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config file or a key file is wrong.
+    #[error("{0}")]
+    Config(#[from] config::ConfigError),
+    /// A pipe could not bind its source.
+    #[error("{0}")]
+    Bind(#[from] crate::supervisor::BindError),
+    /// A signal handler could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[from] std::io::Error),
+}
+
+/// The signals the daemon follows, installed before anything else so that
+/// a SIGHUP or SIGTERM during start-up is never fatal by default action.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Waits for SIGTERM or SIGINT. Cancel-safe.
+    async fn stop(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT, then drains and returns.
+///
+/// Must run inside a tokio runtime. Not meant to be cancelled: it owns the
+/// process's pipes.
+pub async fn run(path: &Path) -> Result<(), StartError> {
+    let mut signals = Signals::install()?;
+    let config = load(path)?;
+    let mut supervisor = Supervisor::start(config).await?;
+
+    let status = status_line(&supervisor);
+    tracing::info!("ready: {status}");
+    systemd::ready(&status);
+
+    // Serve until told to stop; SIGHUP reloads.
+    loop {
+        let retry = supervisor.next_retry();
+        tokio::select! {
+            _ = signals.term.recv() => break,
+            _ = signals.int.recv() => break,
+            _ = signals.hup.recv() => reload(&mut supervisor, path).await,
+            _ = sleep_until(retry), if retry.is_some() => {
+                supervisor.retry_failed().await;
+            }
+        }
+    }
+
+    // Listeners close at once; connections get the drain timeout. A
+    // second signal cuts the drain short.
+    tracing::info!("stopping: listeners closed, draining connections");
+    systemd::stopping();
+    tokio::select! {
+        _ = supervisor.shutdown() => tracing::info!("stopped"),
+        _ = signals.stop() => tracing::warn!("second signal; exiting now"),
+    }
+    Ok(())
+}
+
+/// Reads and validates the config, logging its warnings.
+fn load(path: &Path) -> Result<Config, config::ConfigError> {
+    let (config, warnings) = config::load(path)?;
+    for w in warnings {
+        tracing::warn!("{}", w.0);
+    }
+    Ok(config)
+}
+
+/// Loads the file again and applies it; a bad file changes nothing.
+async fn reload(supervisor: &mut Supervisor, path: &Path) {
+    systemd::reloading();
+    match load(path) {
+        Ok(config) => {
+            let summary = supervisor.apply(config).await;
+            tracing::info!("reloaded: {summary}");
+        }
+        Err(e) => {
+            tracing::error!("reload rejected, the running config is kept: {e}");
+        }
+    }
+    let status = status_line(supervisor);
+    systemd::ready(&status);
+}
+
+/// The one-line summary for systemd's status.
+fn status_line(supervisor: &Supervisor) -> String {
+    use crate::supervisor::PipeState;
+
+    let status = supervisor.status();
+    let running = status
+        .iter()
+        .filter(|p| p.state == PipeState::Running)
+        .count();
+    let failed = status.len() - running;
+    let active: usize = status.iter().map(|p| p.active).sum();
+    format!("{running} pipes running, {failed} failed, {active} connections")
+}
+
+/// Sleeps until `at`; never returns for `None`.
+async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
