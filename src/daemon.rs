@@ -1,11 +1,12 @@
 //! `spipes run`: start every pipe, follow signals, reload, and drain on
 //! the way out.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::config::{self, Config};
+use crate::reload::{FileWatcher, Fingerprint};
 use crate::supervisor::Supervisor;
 use crate::systemd;
 
@@ -21,6 +22,9 @@ pub enum StartError {
     /// A signal handler could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(#[from] std::io::Error),
+    /// The file watcher could not start.
+    #[error("cannot watch the config file: {0}")]
+    Watch(#[from] notify::Error),
 }
 
 /// The signals the daemon follows, installed before anything else so that
@@ -55,20 +59,31 @@ impl Signals {
 /// process's pipes.
 pub async fn run(path: &Path) -> Result<(), StartError> {
     let mut signals = Signals::install()?;
+    let mut files = Files::new(path)?;
     let config = load(path)?;
+    files.follow(&config);
     let mut supervisor = Supervisor::start(config).await?;
 
     let status = status_line(&supervisor);
     tracing::info!("ready: {status}");
     systemd::ready(&status);
 
-    // Serve until told to stop; SIGHUP reloads.
+    // Serve until told to stop; SIGHUP or a changed file reloads.
     loop {
         let retry = supervisor.next_retry();
         tokio::select! {
             _ = signals.term.recv() => break,
             _ = signals.int.recv() => break,
-            _ = signals.hup.recv() => reload(&mut supervisor, path).await,
+            _ = signals.hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                reload(&mut supervisor, &mut files).await;
+            }
+            _ = files.watcher.changed() => {
+                if files.changed() {
+                    tracing::info!("config or key file changed: reloading");
+                    reload(&mut supervisor, &mut files).await;
+                }
+            }
             _ = sleep_until(retry), if retry.is_some() => {
                 supervisor.retry_failed().await;
             }
@@ -86,6 +101,57 @@ pub async fn run(path: &Path) -> Result<(), StartError> {
     Ok(())
 }
 
+/// The files a reload depends on: the config and the key files of the
+/// running config, with the fingerprint of what was last loaded.
+struct Files {
+    config: PathBuf,
+    keys: Vec<PathBuf>,
+    loaded: Fingerprint,
+    watcher: FileWatcher,
+}
+
+impl Files {
+    fn new(config: &Path) -> notify::Result<Files> {
+        Ok(Files {
+            config: config.to_path_buf(),
+            keys: Vec::new(),
+            loaded: Fingerprint::of([config]),
+            watcher: FileWatcher::new()?,
+        })
+    }
+
+    /// Watches the key files of `config` from now on.
+    fn follow(&mut self, config: &Config) {
+        self.keys = config
+            .pipes
+            .iter()
+            .flat_map(|p| p.keys.iter().map(|k| k.path.clone()))
+            .collect();
+        self.keys.sort();
+        self.keys.dedup();
+        let paths: Vec<PathBuf> = self.paths().map(Path::to_path_buf).collect();
+        self.watcher.watch(paths.iter().map(PathBuf::as_path));
+        self.loaded = self.fingerprint();
+    }
+
+    /// Whether the files differ from what was last loaded or tried.
+    fn changed(&mut self) -> bool {
+        let now = self.fingerprint();
+        let changed = now != self.loaded;
+        self.loaded = now;
+        changed
+    }
+
+    fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(self.paths())
+    }
+
+    fn paths(&self) -> impl Iterator<Item = &Path> {
+        std::iter::once(self.config.as_path())
+            .chain(self.keys.iter().map(PathBuf::as_path))
+    }
+}
+
 /// Reads and validates the config, logging its warnings.
 fn load(path: &Path) -> Result<Config, config::ConfigError> {
     let (config, warnings) = config::load(path)?;
@@ -96,10 +162,11 @@ fn load(path: &Path) -> Result<Config, config::ConfigError> {
 }
 
 /// Loads the file again and applies it; a bad file changes nothing.
-async fn reload(supervisor: &mut Supervisor, path: &Path) {
+async fn reload(supervisor: &mut Supervisor, files: &mut Files) {
     systemd::reloading();
-    match load(path) {
+    match load(&files.config) {
         Ok(config) => {
+            files.follow(&config);
             let summary = supervisor.apply(config).await;
             tracing::info!("reloaded: {summary}");
         }

@@ -18,5 +18,6 @@ pub mod logging;
 pub mod net;
 pub mod pipe;
 pub mod protocol;
+pub mod reload;
 pub mod supervisor;
 pub mod systemd;
