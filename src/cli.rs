@@ -17,6 +17,10 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILTER")]
     pub log_level: Option<String>,
 
+    /// Shape of log lines: text (journal-friendly under systemd) or json.
+    #[arg(long, global = true, value_enum, default_value_t)]
+    pub log_format: crate::logging::LogFormat,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

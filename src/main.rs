@@ -7,7 +7,9 @@ use spipes::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = spipes::logging::init(cli.log_level.as_deref()) {
+    if let Err(e) =
+        spipes::logging::init(cli.log_level.as_deref(), cli.log_format)
+    {
         eprintln!("spipes: {e}");
         return ExitCode::from(2);
     }
