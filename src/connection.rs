@@ -374,53 +374,69 @@ async fn relay(
 }
 
 /// Plaintext in, packets out; at end of stream, shuts down writing.
+///
+/// The buffers exist only while data flows: when the source has nothing
+/// more to read, they are freed before waiting, so an idle connection
+/// holds no buffer memory.
 async fn seal_loop(
     mut from: ReadHalf,
     mut to: WriteHalf,
     mut sealer: Sealer,
     counts: [&AtomicU64; 2],
 ) -> Result<(), RelayError> {
-    let mut plain = vec![0u8; CHUNK];
-    let mut wire = Vec::with_capacity(CHUNK / MAX_PAYLOAD * PACKET_LEN);
+    let mut plain = Vec::new();
+    let mut wire = Vec::new();
     loop {
-        let n = from.read(&mut plain).await?;
-        if n == 0 {
-            to.shutdown().await?;
-            return Ok(());
-        }
+        let n =
+            match read_ready(&mut from, &mut plain, CHUNK, &mut wire).await? {
+                Some(n) => n,
+                None => {
+                    to.shutdown().await?;
+                    return Ok(());
+                }
+            };
 
-        wire.clear();
+        wire.reserve_exact(PACKETS_PER_CHUNK * PACKET_LEN);
         sealer.seal(&plain[..n], &mut wire);
         to.write_all(&wire).await?;
+        wire.clear();
         add(counts, n);
     }
 }
 
 /// Packets in, plaintext out; a clean end of stream at a packet boundary
 /// shuts down writing, anywhere else it is a cut stream.
+///
+/// Buffers are freed while idle between packets, as in [`seal_loop`]; a
+/// partial packet keeps its buffer until it is complete.
 async fn open_loop(
     mut from: ReadHalf,
     mut to: WriteHalf,
     mut opener: Opener,
     counts: [&AtomicU64; 2],
 ) -> Result<(), RelayError> {
-    let mut wire = vec![0u8; CHUNK / MAX_PAYLOAD * PACKET_LEN];
-    let mut plain = Vec::with_capacity(CHUNK);
+    let mut wire = Vec::new();
+    let mut plain = Vec::new();
     let mut filled = 0;
     loop {
-        let n = from.read(&mut wire[filled..]).await?;
-        if n == 0 {
+        let got = if filled == 0 {
+            let size = PACKETS_PER_CHUNK * PACKET_LEN;
+            read_ready(&mut from, &mut wire, size, &mut plain).await?
+        } else {
+            read_more(&mut from, &mut wire, filled).await?
+        };
+        let Some(n) = got else {
             if filled != 0 {
                 return Err(RelayError::Truncated);
             }
             to.shutdown().await?;
             return Ok(());
-        }
+        };
         filled += n;
 
         // Open every whole packet; keep a partial one for the next read.
         let whole = filled - filled % PACKET_LEN;
-        plain.clear();
+        plain.reserve_exact(whole / PACKET_LEN * MAX_PAYLOAD);
         for packet in wire[..whole].chunks_exact(PACKET_LEN) {
             let packet =
                 packet.try_into().map_err(|_| RelayError::Truncated)?;
@@ -433,6 +449,50 @@ async fn open_loop(
 
         to.write_all(&plain).await?;
         add(counts, plain.len());
+        plain.clear();
+    }
+}
+
+/// Packets one chunk of plaintext makes.
+const PACKETS_PER_CHUNK: usize = CHUNK / MAX_PAYLOAD;
+
+/// Reads into `buf` from its start, allocating `size` bytes only once the
+/// socket is readable; when it has nothing more, frees `buf` and the
+/// direction's other buffer `spare` before waiting. `None` at end of
+/// stream.
+async fn read_ready(
+    from: &mut ReadHalf,
+    buf: &mut Vec<u8>,
+    size: usize,
+    spare: &mut Vec<u8>,
+) -> io::Result<Option<usize>> {
+    loop {
+        if buf.is_empty() {
+            from.readable().await?;
+            buf.resize(size, 0);
+        }
+        match from.try_read(buf) {
+            Ok(0) => return Ok(None),
+            Ok(n) => return Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                *buf = Vec::new();
+                *spare = Vec::new();
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads more after the first `filled` bytes of `buf`. `None` at end of
+/// stream.
+async fn read_more(
+    from: &mut ReadHalf,
+    buf: &mut [u8],
+    filled: usize,
+) -> io::Result<Option<usize>> {
+    match from.read(&mut buf[filled..]).await? {
+        0 => Ok(None),
+        n => Ok(Some(n)),
     }
 }
 

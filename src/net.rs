@@ -38,6 +38,24 @@ pub enum ReadHalf {
     Unix(unix::OwnedReadHalf),
 }
 
+impl ReadHalf {
+    /// Waits until a read would not block. Cancel-safe.
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            ReadHalf::Tcp(r) => r.readable().await,
+            ReadHalf::Unix(r) => r.readable().await,
+        }
+    }
+
+    /// Reads what is there without waiting; `WouldBlock` if nothing is.
+    pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            ReadHalf::Tcp(r) => r.try_read(buf),
+            ReadHalf::Unix(r) => r.try_read(buf),
+        }
+    }
+}
+
 /// The write half of a [`Stream`]; `shutdown` sends FIN for TCP.
 #[derive(Debug)]
 pub enum WriteHalf {
