@@ -176,13 +176,14 @@ impl AsyncWrite for WriteHalf {
 pub enum Listener {
     /// A TCP listener.
     Tcp(TcpListener),
-    /// A Unix listener; `path` is the socket file spipes created and must
-    /// remove when the listener goes away.
+    /// A Unix listener.
     Unix {
         /// The listening socket.
         listener: UnixListener,
-        /// The socket file it created.
-        path: PathBuf,
+        /// The socket file spipes created and removes when the listener
+        /// goes away; `None` for a socket systemd passed in, whose file
+        /// systemd owns.
+        path: Option<PathBuf>,
     },
 }
 
@@ -207,7 +208,7 @@ impl Listener {
     pub fn unix_path(&self) -> Option<&Path> {
         match self {
             Listener::Tcp(_) => None,
-            Listener::Unix { path, .. } => Some(path),
+            Listener::Unix { path, .. } => path.as_deref(),
         }
     }
 }
@@ -278,7 +279,7 @@ async fn bind_unix(path: &Path) -> io::Result<Listener> {
     let listener = UnixListener::bind(path)?;
     Ok(Listener::Unix {
         listener,
-        path: path.to_path_buf(),
+        path: Some(path.to_path_buf()),
     })
 }
 

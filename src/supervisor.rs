@@ -15,6 +15,7 @@ use crate::address::Address;
 use crate::config::{Config, DaemonConfig, PipeConfig};
 use crate::net;
 use crate::pipe::{PipeHandle, PipeSettings};
+use crate::systemd;
 
 /// The first wait before binding a pipe that failed to bind on reload...
 const RETRY_MIN: Duration = Duration::from_secs(1);
@@ -110,10 +111,16 @@ impl Supervisor {
     ///
     /// Cancel-safe: a cancelled start closes what it had bound.
     pub async fn start(config: Config) -> Result<Supervisor, BindError> {
-        // Bind everything before accepting anything.
+        // Bind everything before accepting anything, using sockets that
+        // systemd passed in where they match.
+        let mut activated = systemd::Activated::from_env();
         let mut bound = Vec::new();
         for pipe in config.pipes {
-            match net::bind(&pipe.source).await {
+            let listener = match activated.take(&pipe.name, &pipe.source) {
+                Some(listener) => Ok(listener),
+                None => net::bind(&pipe.source).await,
+            };
+            match listener {
                 Ok(listener) => bound.push((pipe, listener)),
                 Err(error) => {
                     remove_unix_files(&bound);
@@ -126,6 +133,7 @@ impl Supervisor {
             }
         }
 
+        activated.warn_unused();
         let mut running = BTreeMap::new();
         for (pipe, listener) in bound {
             log_pipe("started", &pipe);
