@@ -10,8 +10,14 @@ pub struct Key {
 impl Key {
     /// Derives the key from the whole contents of a key file.
     pub fn from_file_contents(contents: &[u8]) -> Key {
-        let _ = contents;
-        unimplemented!("protocol helper fills this in")
+        use sha2::Digest;
+
+        // Hash straight into the wiped buffer, so no copy of K is left.
+        let mut k = zeroize::Zeroizing::new([0u8; 32]);
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(contents);
+        hasher.finalize_into((&mut *k).into());
+        Key { k }
     }
 
     /// The 32 bytes of `K`, for the handshake's PBKDF2 calls.
@@ -34,5 +40,39 @@ impl Eq for Key {}
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Key(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_is_sha256_of_the_whole_file() {
+        // SHA256("") and SHA256("abc"), from FIPS 180-2.
+        let empty = Key::from_file_contents(b"");
+        assert_eq!(
+            empty.as_bytes()[..8],
+            [0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14]
+        );
+        let abc = Key::from_file_contents(b"abc");
+        assert_eq!(
+            abc.as_bytes()[24..],
+            [0xb4, 0x10, 0xff, 0x61, 0xf2, 0x00, 0x15, 0xad]
+        );
+    }
+
+    #[test]
+    fn trailing_newline_is_part_of_the_key() {
+        let a = Key::from_file_contents(b"secret");
+        let b = Key::from_file_contents(b"secret\n");
+        assert_ne!(a, b);
+        assert_eq!(a, Key::from_file_contents(b"secret"));
+    }
+
+    #[test]
+    fn debug_is_redacted() {
+        let k = Key::from_file_contents(b"secret");
+        assert_eq!(format!("{k:?}"), "Key(<redacted>)");
     }
 }

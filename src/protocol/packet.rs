@@ -1,9 +1,31 @@
 //! Data packets: 1060 bytes each, AES-256-CTR then HMAC-SHA256.
+//!
+//! A packet carrying `M` (1 to 1024 bytes) as packet number `n` is
+//! `ct || HMAC-SHA256(H, ct || u64(n))`, where `ct` is `M`, zero padding
+//! to 1024 bytes and `u32(len(M))`, encrypted with AES-256-CTR under the
+//! counter block `u64(n) || u64(block index)`.
+//!
+//! Each direction expands its AES key and keys its HMAC once; a packet
+//! only resets the CTR counter block and clones the keyed HMAC state.
+
+use aes::Aes256Enc;
+use ctr::CtrCore;
+use ctr::cipher::array::Array;
+use ctr::cipher::{Block, InnerIvInit, Iv, SetIvState, StreamCipherCore};
+use ctr::flavors::Ctr64BE;
+use hmac::Hmac;
+use hmac::digest::{FixedOutput, KeyInit, Update};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use zeroize::Zeroize;
 
 /// Bytes of one packet on the wire.
 pub const PACKET_LEN: usize = 1060;
 /// The largest plaintext one packet carries.
 pub const MAX_PAYLOAD: usize = 1024;
+
+/// Bytes of the encrypted part: payload, padding and the length field.
+const PADDED_LEN: usize = MAX_PAYLOAD + 4;
 
 /// Why an incoming packet was refused. Any of these ends the connection.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -16,42 +38,377 @@ pub enum PacketError {
     BadLength,
 }
 
+/// AES-256 in CTR mode with a 64-bit big-endian block counter in the last
+/// 8 bytes of the counter block: the packet number fills the first 8.
+type Ctr = CtrCore<Aes256Enc, Ctr64BE>;
+
+/// The keyed state of one direction: the expanded AES key inside a CTR
+/// instance, the keyed HMAC, and the number of the next packet.
+struct DirectionKeys {
+    ctr: Ctr,
+    mac: Hmac<Sha256>,
+    next: u64,
+}
+
+impl DirectionKeys {
+    /// Expands the AES key and keys the HMAC, once per direction.
+    fn new(enc_key: &[u8; 32], mac_key: &[u8; 32]) -> DirectionKeys {
+        let cipher = <Aes256Enc as KeyInit>::new(enc_key.into());
+        let ctr = Ctr::inner_iv_init(cipher, &Iv::<Ctr>::default());
+        let mac = Hmac::<Sha256>::new_from_slice(mac_key)
+            .expect("HMAC accepts keys of any length");
+        DirectionKeys { ctr, mac, next: 0 }
+    }
+
+    /// The number for the packet being processed now; advances the
+    /// counter.
+    fn take_number(&mut self) -> u64 {
+        let n = self.next;
+        self.next = n
+            .checked_add(1)
+            .expect("2^64 packets of 1060 bytes cannot be sent");
+        n
+    }
+
+    /// HMAC-SHA256 under this direction's key of `ct || u64(n)`.
+    fn tag(&self, ct: &[u8], n: u64) -> [u8; 32] {
+        // Clone the keyed state: no re-keying per packet.
+        let mut mac = self.mac.clone();
+        mac.update(ct);
+        mac.update(&n.to_be_bytes());
+        mac.finalize_fixed().into()
+    }
+
+    /// Applies the CTR keystream of packet `n` to `buf` in place: this
+    /// both encrypts and decrypts.
+    fn apply_keystream(&mut self, buf: &mut [u8], n: u64) {
+        // Counter block u64(n) || u64(0); Ctr64BE counts in the last 8.
+        let mut iv = Iv::<Ctr>::default();
+        iv[..8].copy_from_slice(&n.to_be_bytes());
+        self.ctr.set_iv(&iv);
+
+        // The whole blocks, then the short tail from one more block.
+        let (blocks, tail) = Array::slice_as_chunks_mut(buf);
+        self.ctr.apply_keystream_blocks(blocks);
+        if !tail.is_empty() {
+            let mut ks = Block::<Ctr>::default();
+            self.ctr.write_keystream_block(&mut ks);
+            tail.iter_mut().zip(ks.iter()).for_each(|(b, k)| *b ^= k);
+            ks.zeroize();
+        }
+    }
+}
+
 /// Seals plaintext into packets for one direction of one connection.
-pub struct Sealer {}
+pub struct Sealer {
+    keys: DirectionKeys,
+}
 
 impl Sealer {
     /// Creates a sealer from the direction's encryption and MAC keys,
     /// numbering packets from 0.
     pub fn new(enc_key: &[u8; 32], mac_key: &[u8; 32]) -> Sealer {
-        let _ = (enc_key, mac_key);
-        unimplemented!()
+        Sealer {
+            keys: DirectionKeys::new(enc_key, mac_key),
+        }
     }
 
     /// Appends to `out` the packets that carry `plaintext`, cut into pieces
     /// of at most 1024 bytes. An empty `plaintext` appends nothing.
     pub fn seal(&mut self, plaintext: &[u8], out: &mut Vec<u8>) {
-        let _ = (plaintext, out);
-        unimplemented!()
+        // Grow `out` once for all the packets.
+        let packets = plaintext.len().div_ceil(MAX_PAYLOAD);
+        out.reserve(packets * PACKET_LEN);
+
+        for chunk in plaintext.chunks(MAX_PAYLOAD) {
+            self.seal_chunk(chunk, out);
+        }
+    }
+
+    /// Appends one packet carrying `chunk` (at most 1024 bytes).
+    fn seal_chunk(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        // Lay out the padded plaintext straight into `out`.
+        let start = out.len();
+        let len = u32::try_from(chunk.len()).expect("a chunk is <= 1024");
+        out.extend_from_slice(chunk);
+        out.resize(start + MAX_PAYLOAD, 0);
+        out.extend_from_slice(&len.to_be_bytes());
+
+        self.seal_padded(start, out);
+    }
+
+    /// Encrypts the 1028 bytes at `out[start..]` in place and appends
+    /// their MAC, making them packet number `self.next`.
+    fn seal_padded(&mut self, start: usize, out: &mut Vec<u8>) {
+        let n = self.keys.take_number();
+        let padded = &mut out[start..start + PADDED_LEN];
+        self.keys.apply_keystream(padded, n);
+
+        let tag = self.keys.tag(padded, n);
+        out.extend_from_slice(&tag);
     }
 }
 
 /// Opens packets from one direction of one connection.
-pub struct Opener {}
+pub struct Opener {
+    keys: DirectionKeys,
+}
 
 impl Opener {
     /// Creates an opener from the direction's encryption and MAC keys.
     pub fn new(enc_key: &[u8; 32], mac_key: &[u8; 32]) -> Opener {
-        let _ = (enc_key, mac_key);
-        unimplemented!()
+        Opener {
+            keys: DirectionKeys::new(enc_key, mac_key),
+        }
     }
 
     /// Checks and decrypts one packet, appending its plaintext to `out`.
+    ///
+    /// On an error nothing is appended and the packet counter does not
+    /// advance; the connection must be dropped all the same.
     pub fn open(
         &mut self,
         packet: &[u8; PACKET_LEN],
         out: &mut Vec<u8>,
     ) -> Result<(), PacketError> {
-        let _ = (packet, out);
-        unimplemented!()
+        // MAC first. Constant time: subtle's ct_eq on the 32-byte tags.
+        let (ct, tag) = packet.split_at(PADDED_LEN);
+        let n = self.keys.next;
+        let want = self.keys.tag(ct, n);
+        if !bool::from(want.ct_eq(tag)) {
+            return Err(PacketError::BadMac);
+        }
+
+        // Decrypt in place at the end of `out`.
+        let start = out.len();
+        out.extend_from_slice(ct);
+        self.keys.apply_keystream(&mut out[start..], n);
+
+        self.finish_open(start, out)
+    }
+
+    /// Checks the length field of the plaintext at `out[start..]` and
+    /// trims `out` to the payload; wipes and drops it on a bad length.
+    fn finish_open(
+        &mut self,
+        start: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), PacketError> {
+        let field: [u8; 4] = out[start + MAX_PAYLOAD..]
+            .try_into()
+            .expect("the plaintext ends in a 4-byte length field");
+        let len = u32::from_be_bytes(field) as usize;
+
+        if len > MAX_PAYLOAD {
+            out[start..].zeroize();
+            out.truncate(start);
+            return Err(PacketError::BadLength);
+        }
+
+        // Wipe the padding before it falls into the spare capacity.
+        out[start + len..].zeroize();
+        out.truncate(start + len);
+        self.keys.take_number();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ENC: [u8; 32] = [0x11; 32];
+    const MAC: [u8; 32] = [0x22; 32];
+
+    /// A small deterministic generator for sizes and contents.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn bytes(&mut self, len: usize) -> Vec<u8> {
+            (0..len).map(|_| self.next() as u8).collect()
+        }
+    }
+
+    fn as_packet(bytes: &[u8]) -> &[u8; PACKET_LEN] {
+        bytes.try_into().expect("exactly one packet")
+    }
+
+    fn open_all(opener: &mut Opener, sealed: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for packet in sealed.chunks(PACKET_LEN) {
+            opener.open(as_packet(packet), &mut out).expect("opens");
+        }
+        out
+    }
+
+    #[test]
+    fn round_trip_random_sizes() {
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut sealer = Sealer::new(&ENC, &MAC);
+        let mut opener = Opener::new(&ENC, &MAC);
+        let mut sizes: Vec<usize> = vec![0, 1, 1023, 1024, 1025, 2048, 5000];
+        sizes.extend((0..100).map(|_| (rng.next() % 5001) as usize));
+
+        for size in sizes {
+            let msg = rng.bytes(size);
+            let mut sealed = Vec::new();
+            sealer.seal(&msg, &mut sealed);
+            assert_eq!(sealed.len(), size.div_ceil(MAX_PAYLOAD) * PACKET_LEN);
+            assert_eq!(open_all(&mut opener, &sealed), msg, "size {size}");
+        }
+    }
+
+    #[test]
+    fn seal_appends_after_existing_bytes() {
+        let mut sealer = Sealer::new(&ENC, &MAC);
+        let mut opener = Opener::new(&ENC, &MAC);
+        let mut out = b"prefix".to_vec();
+        sealer.seal(b"hello", &mut out);
+        assert_eq!(&out[..6], b"prefix");
+
+        let mut plain = b"kept".to_vec();
+        opener
+            .open(as_packet(&out[6..]), &mut plain)
+            .expect("opens");
+        assert_eq!(plain, b"kepthello");
+    }
+
+    #[test]
+    fn empty_plaintext_appends_nothing() {
+        let mut sealer = Sealer::new(&ENC, &MAC);
+        let mut out = Vec::new();
+        sealer.seal(&[], &mut out);
+        assert!(out.is_empty());
+        assert_eq!(sealer.keys.next, 0);
+    }
+
+    #[test]
+    fn every_flipped_bit_is_rejected() {
+        let mut sealer = Sealer::new(&ENC, &MAC);
+        let mut opener = Opener::new(&ENC, &MAC);
+        let mut sealed = Vec::new();
+        sealer.seal(b"flip me", &mut sealed);
+
+        let mut out = Vec::new();
+        for bit in 0..PACKET_LEN * 8 {
+            let mut bad = sealed.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            let r = opener.open(as_packet(&bad), &mut out);
+            assert_eq!(r, Err(PacketError::BadMac), "bit {bit}");
+        }
+        assert!(out.is_empty());
+
+        // The failures did not advance the counter: the original opens.
+        opener.open(as_packet(&sealed), &mut out).expect("opens");
+        assert_eq!(out, b"flip me");
+    }
+
+    #[test]
+    fn replay_and_reorder_fail() {
+        let mut sealer = Sealer::new(&ENC, &MAC);
+        let mut sealed = Vec::new();
+        sealer.seal(b"zero", &mut sealed);
+        sealer.seal(b"one", &mut sealed);
+        let (p0, p1) = sealed.split_at(PACKET_LEN);
+        let mut out = Vec::new();
+
+        let mut opener = Opener::new(&ENC, &MAC);
+        opener.open(as_packet(p0), &mut out).expect("opens");
+        let replay = opener.open(as_packet(p0), &mut out);
+        assert_eq!(replay, Err(PacketError::BadMac));
+
+        let mut opener = Opener::new(&ENC, &MAC);
+        let reorder = opener.open(as_packet(p1), &mut out);
+        assert_eq!(reorder, Err(PacketError::BadMac));
+    }
+
+    #[test]
+    fn wrong_keys_fail() {
+        let mut sealer = Sealer::new(&ENC, &MAC);
+        let mut sealed = Vec::new();
+        sealer.seal(b"data", &mut sealed);
+        let mut out = Vec::new();
+
+        let mut opener = Opener::new(&ENC, &[0x23; 32]);
+        let r = opener.open(as_packet(&sealed), &mut out);
+        assert_eq!(r, Err(PacketError::BadMac));
+    }
+
+    /// Seals a hand-made 1028-byte padded block as the next packet.
+    fn seal_raw(sealer: &mut Sealer, padded: &[u8; PADDED_LEN]) -> Vec<u8> {
+        let mut out = padded.to_vec();
+        sealer.seal_padded(0, &mut out);
+        out
+    }
+
+    #[test]
+    fn length_over_1024_with_valid_mac_is_rejected() {
+        let mut sealer = Sealer::new(&ENC, &MAC);
+        let mut opener = Opener::new(&ENC, &MAC);
+        let mut out = b"x".to_vec();
+
+        for len in [1025u32, 0xffff_ffff] {
+            let mut padded = [0u8; PADDED_LEN];
+            padded[MAX_PAYLOAD..].copy_from_slice(&len.to_be_bytes());
+            let packet = seal_raw(&mut sealer, &padded);
+            let r = opener.open(as_packet(&packet), &mut out);
+            assert_eq!(r, Err(PacketError::BadLength));
+            assert_eq!(out, b"x");
+            // Keep the counters in step for the next round.
+            opener.keys.take_number();
+        }
+    }
+
+    #[test]
+    fn length_zero_and_1024_are_accepted() {
+        let mut sealer = Sealer::new(&ENC, &MAC);
+        let mut opener = Opener::new(&ENC, &MAC);
+        let mut out = Vec::new();
+
+        let mut padded = [0u8; PADDED_LEN];
+        let packet = seal_raw(&mut sealer, &padded);
+        opener.open(as_packet(&packet), &mut out).expect("opens");
+        assert!(out.is_empty());
+
+        padded = [0x5a; PADDED_LEN];
+        padded[MAX_PAYLOAD..].copy_from_slice(&1024u32.to_be_bytes());
+        let packet = seal_raw(&mut sealer, &padded);
+        opener.open(as_packet(&packet), &mut out).expect("opens");
+        assert_eq!(out, vec![0x5a; 1024]);
+    }
+
+    #[test]
+    fn ciphertext_layout_matches_spec() {
+        // Encrypting zeros yields the raw keystream: block i of packet n
+        // is AES(E, u64(n) || u64(i)).
+        use aes::cipher::BlockCipherEncrypt;
+        let mut sealer = Sealer::new(&ENC, &MAC);
+        let zeros = [0u8; PADDED_LEN];
+        seal_raw(&mut sealer, &zeros);
+        let packet = seal_raw(&mut sealer, &zeros);
+
+        let aes = <Aes256Enc as KeyInit>::new((&ENC).into());
+        for i in [0u64, 1, 63, 64] {
+            let mut block = Block::<Aes256Enc>::default();
+            block[..8].copy_from_slice(&1u64.to_be_bytes());
+            block[8..].copy_from_slice(&i.to_be_bytes());
+            aes.encrypt_block(&mut block);
+            let at = i as usize * 16;
+            let end = (at + 16).min(PADDED_LEN);
+            assert_eq!(&packet[at..end], &block[..end - at], "block {i}");
+        }
+
+        let mut mac = Hmac::<Sha256>::new_from_slice(&MAC).expect("any");
+        mac.update(&packet[..PADDED_LEN]);
+        mac.update(&1u64.to_be_bytes());
+        let tag: [u8; 32] = mac.finalize_fixed().into();
+        assert_eq!(&packet[PADDED_LEN..], &tag);
     }
 }
