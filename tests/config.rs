@@ -12,7 +12,8 @@ use std::time::Duration;
 use sha2::Digest;
 use spipes::address::Address;
 use spipes::config::{
-    Config, DaemonConfig, DialTiming, KeyFile, Mode, PipeConfig, Warning, load,
+    Config, DaemonConfig, DialTiming, KeyFile, Mode, PipeConfig, ProxyProtocol,
+    Warning, load,
 };
 use spipes::protocol::{ForwardSecrecy, Key};
 
@@ -764,6 +765,8 @@ fn a_good_file_gives_exactly_the_typed_values() {
         r#"# spipes test config
 [daemon]
 drain_timeout = 0
+metrics = "127.0.0.1:9187"
+control_socket = "/run/spipes/ctl.sock"
 
 [defaults]
 max_connections = 10
@@ -771,6 +774,9 @@ timeout = 0.5
 keepalive = false
 forward_secrecy = "off"
 resolve_interval = 120
+idle_timeout = 300
+half_close_timeout = 10
+max_handshakes = 16
 
 [pipes.web]
 mode = "encrypt"
@@ -778,6 +784,7 @@ source = "127.0.0.1:9080"
 target = "rpi.example.org:9080"
 key = "keys/web.key"
 bind = "192.0.2.10"
+proxy_protocol = "v2"
 
 [pipes.ssh-in]
 mode = "decrypt"
@@ -791,6 +798,9 @@ keepalive = true
 forward_secrecy = "required"
 resolve_interval = 0
 bind = "2001:db8::10"
+idle_timeout = 0
+half_close_timeout = 2.5
+max_handshakes = 0
 
 [pipes.db]
 mode = "decrypt"
@@ -799,6 +809,8 @@ target = "/run/postgresql/.s.PGSQL.5432"
 key = "{db}"
 dial = "after-proof"
 timeout = 1.25
+source_mode = "0660"
+source_group = "root"
 "#,
         db = db.display()
     );
@@ -818,11 +830,19 @@ timeout = 1.25
         resolve_interval: Some(Duration::from_secs(120)),
         bind: Some("192.0.2.10".parse::<IpAddr>().expect("ip")),
         dial: DialTiming::AfterProof,
+        proxy_protocol: Some(ProxyProtocol::V2),
+        source_mode: None,
+        source_group: None,
+        idle_timeout: Some(Duration::from_secs(300)),
+        half_close_timeout: Some(Duration::from_secs(10)),
+        max_handshakes: Some(16),
     };
     let expected = Config {
         path: setup.path().join("spipes.toml"),
         daemon: DaemonConfig {
             drain_timeout: None,
+            metrics: Some(tcp("127.0.0.1", 9187)),
+            control_socket: Some("/run/spipes/ctl.sock".into()),
         },
         pipes: vec![
             inherited.clone(),
@@ -839,6 +859,12 @@ timeout = 1.25
                 resolve_interval: None,
                 bind: Some("2001:db8::10".parse().expect("ip")),
                 dial: DialTiming::Early,
+                proxy_protocol: None,
+                source_mode: None,
+                source_group: None,
+                idle_timeout: None,
+                half_close_timeout: Some(Duration::from_millis(2500)),
+                max_handshakes: None,
             },
             PipeConfig {
                 name: "db".to_owned(),
@@ -848,6 +874,9 @@ timeout = 1.25
                 keys: vec![key_file(&db)],
                 timeout: Duration::from_millis(1250),
                 bind: None,
+                proxy_protocol: None,
+                source_mode: Some(0o660),
+                source_group: Some(0),
                 ..inherited
             },
         ],
@@ -871,7 +900,14 @@ fn builtin_defaults_apply_when_nothing_is_set() {
     let good = setup.good_key("good");
     let (config, warnings) = setup.load(&pipe("web", "127.0.0.1:1", ""));
     assert!(warnings.is_empty());
-    assert_eq!(config.daemon.drain_timeout, Some(Duration::from_secs(30)));
+    assert_eq!(
+        config.daemon,
+        DaemonConfig {
+            drain_timeout: Some(Duration::from_secs(30)),
+            metrics: None,
+            control_socket: Some("/run/spipes/control.sock".into()),
+        }
+    );
     assert_eq!(
         config.pipes,
         [PipeConfig {
@@ -887,6 +923,12 @@ fn builtin_defaults_apply_when_nothing_is_set() {
             resolve_interval: Some(Duration::from_secs(60)),
             bind: None,
             dial: DialTiming::AfterProof,
+            proxy_protocol: None,
+            source_mode: None,
+            source_group: None,
+            idle_timeout: None,
+            half_close_timeout: None,
+            max_handshakes: Some(64),
         }]
     );
 }
@@ -902,12 +944,15 @@ fn the_shipped_config_loads_with_zero_pipes() {
     assert!(config.pipes.is_empty());
     assert!(warnings.is_empty());
     assert_eq!(config.daemon.drain_timeout, Some(Duration::from_secs(30)));
+    // What the file says is what the built-in defaults are.
+    let (builtin, _) = Setup::new().load("");
+    assert_eq!(config.daemon, builtin.daemon);
 }
 
 #[test]
 fn the_shipped_examples_load_when_uncommented() {
     let setup = Setup::new();
-    for name in ["web", "web-new", "db"] {
+    for name in ["web", "web-new", "db", "front", "cache"] {
         setup.good_key(name);
     }
     let text = std::fs::read_to_string(shipped()).expect("read shipped");
@@ -919,13 +964,587 @@ fn the_shipped_examples_load_when_uncommented() {
         .filter(|line| line.starts_with('[') || line.contains(" = "))
         .map(|line| format!("{line}\n"))
         .collect();
-    let uncommented = uncommented.replace(
+    let mut uncommented = uncommented.replace(
         "/etc/spipes/keys/",
         &format!("{}/keys/", setup.path().display()),
     );
+    // Debian always has www-data; elsewhere, a group that exists.
+    if nix::unistd::Group::from_name("www-data")
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        uncommented = uncommented.replace("\"www-data\"", "\"root\"");
+    }
     let (config, warnings) = setup.load(&format!("{head}\n{uncommented}"));
     assert!(warnings.is_empty(), "{warnings:?}");
     let names: Vec<&str> =
         config.pipes.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["web", "web-in", "db"]);
+    assert_eq!(names, ["web", "web-in", "db", "front", "cache"]);
+    let (front, cache) = (&config.pipes[3], &config.pipes[4]);
+    assert_eq!(front.proxy_protocol, Some(ProxyProtocol::V1));
+    assert_eq!(front.idle_timeout, Some(Duration::from_secs(300)));
+    assert_eq!(cache.source_mode, Some(0o660));
+    assert!(cache.source_group.is_some());
+}
+
+/// A pipe with `extra` lines listening on a Unix socket.
+fn unix_pipe(extra: &str) -> String {
+    pipe("sock", "/run/spipes/t.sock", extra)
+}
+
+/// Loads `text`, which must succeed without warnings, and returns its
+/// only pipe (`keys/good.key` exists).
+#[track_caller]
+fn only_pipe(text: &str) -> PipeConfig {
+    let setup = Setup::new();
+    setup.good_key("good");
+    let (mut config, warnings) = setup.load(text);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(config.pipes.len(), 1);
+    config.pipes.remove(0)
+}
+
+/// Loads `text`, which must succeed, and returns its `[daemon]`.
+#[track_caller]
+fn daemon_of(text: &str) -> DaemonConfig {
+    Setup::new().load(text).0.daemon
+}
+
+#[test]
+fn mode_and_proxy_protocol_print_as_the_file_spells_them() {
+    assert_eq!(Mode::Encrypt.as_str(), "encrypt");
+    assert_eq!(Mode::Decrypt.as_str(), "decrypt");
+    assert_eq!(Mode::Encrypt.to_string(), "encrypt");
+    assert_eq!(format!("{:>8}|", Mode::Decrypt), "decrypt|");
+    assert_eq!(ProxyProtocol::V1.as_str(), "v1");
+    assert_eq!(ProxyProtocol::V2.as_str(), "v2");
+    assert_eq!(ProxyProtocol::V1.to_string(), "v1");
+    assert_eq!(ProxyProtocol::V2.to_string(), "v2");
+}
+
+#[test]
+fn proxy_protocol_values() {
+    for (value, expected) in
+        [("v1", ProxyProtocol::V1), ("v2", ProxyProtocol::V2)]
+    {
+        let text = pipe(
+            "web",
+            "127.0.0.1:1",
+            &format!("proxy_protocol = \"{value}\"\n"),
+        );
+        assert_eq!(only_pipe(&text).proxy_protocol, Some(expected));
+    }
+    // On a Unix socket source too: v2 can describe such clients.
+    let text = unix_pipe("proxy_protocol = \"v2\"\n");
+    assert_eq!(only_pipe(&text).proxy_protocol, Some(ProxyProtocol::V2));
+    assert_eq!(
+        only_pipe(&pipe("web", "127.0.0.1:1", "")).proxy_protocol,
+        None
+    );
+}
+
+#[test]
+fn proxy_protocol_errors() {
+    assert_errors(
+        &pipe("web", "127.0.0.1:1", "proxy_protocol = \"v1\"\n")
+            .replace("\"encrypt\"", "\"decrypt\""),
+        &["$DIR/spipes.toml:6:18: pipe web: key `proxy_protocol`: \
+           proxy_protocol applies to encrypt pipes: the decrypt end passes \
+           the header on untouched"],
+    );
+    assert_errors(
+        &pipe("web", "127.0.0.1:1", "proxy_protocol = \"V1\"\n"),
+        &[
+            "$DIR/spipes.toml:6:18: pipe web: key `proxy_protocol`: expected \
+           \"v1\" or \"v2\", found \"V1\"",
+        ],
+    );
+    assert_errors(
+        &pipe("web", "127.0.0.1:1", "proxy_protocol = 2\n"),
+        &[
+            "$DIR/spipes.toml:6:18: pipe web: key `proxy_protocol`: expected \
+           \"v1\" or \"v2\", found an integer",
+        ],
+    );
+    // A bad value on a decrypt pipe is reported once, as a bad value.
+    assert_errors(
+        &pipe("web", "127.0.0.1:1", "proxy_protocol = true\n")
+            .replace("\"encrypt\"", "\"decrypt\""),
+        &[
+            "$DIR/spipes.toml:6:18: pipe web: key `proxy_protocol`: expected \
+           \"v1\" or \"v2\", found a boolean",
+        ],
+    );
+    assert_errors(
+        "[defaults]\nproxy_protocol = \"v1\"\n",
+        &["$DIR/spipes.toml:2:1: key `proxy_protocol` cannot go in \
+           [defaults]: set it in each [pipes.NAME]"],
+    );
+    assert_errors(
+        "[daemon]\nproxy_protocol = \"v1\"\n",
+        &["$DIR/spipes.toml:2:1: unknown key `proxy_protocol` in [daemon]"],
+    );
+}
+
+#[test]
+fn source_mode_values() {
+    for (value, expected) in [
+        ("0660", 0o660),
+        ("660", 0o660),
+        ("0777", 0o777),
+        ("777", 0o777),
+        ("0600", 0o600),
+        ("000", 0),
+    ] {
+        let text = unix_pipe(&format!("source_mode = \"{value}\"\n"));
+        assert_eq!(only_pipe(&text).source_mode, Some(expected), "{value}");
+    }
+    assert_eq!(only_pipe(&unix_pipe("")).source_mode, None);
+}
+
+#[test]
+fn source_mode_errors() {
+    for value in ["0968", "66", "00660", "rw-rw----", "0o660", "", " 660"] {
+        assert_errors(
+            &unix_pipe(&format!("source_mode = \"{value}\"\n")),
+            &[&format!(
+                "$DIR/spipes.toml:6:15: pipe sock: key `source_mode`: \
+                 expected 3 or 4 octal digits, such as \"0660\", found \
+                 \"{value}\""
+            )],
+        );
+    }
+    for value in ["1777", "4755", "7777"] {
+        assert_errors(
+            &unix_pipe(&format!("source_mode = \"{value}\"\n")),
+            &[&format!(
+                "$DIR/spipes.toml:6:15: pipe sock: key `source_mode`: \
+                 \"{value}\" sets more than the permission bits: at most \
+                 \"0777\""
+            )],
+        );
+    }
+    for (value, kind) in [("0o660", "an integer"), ("660", "an integer")] {
+        assert_errors(
+            &unix_pipe(&format!("source_mode = {value}\n")),
+            &[&format!(
+                "$DIR/spipes.toml:6:15: pipe sock: key `source_mode`: \
+                 expected octal digits in quotes, such as \"0660\", found \
+                 {kind}"
+            )],
+        );
+    }
+    assert_errors(
+        &pipe("web", "127.0.0.1:1", "source_mode = \"0660\"\n"),
+        &[
+            "$DIR/spipes.toml:6:15: pipe web: key `source_mode`: source_mode \
+           applies to Unix socket sources",
+        ],
+    );
+    assert_errors(
+        "[defaults]\nsource_mode = \"0660\"\n",
+        &[
+            "$DIR/spipes.toml:2:1: key `source_mode` cannot go in [defaults]: \
+           set it in each [pipes.NAME]",
+        ],
+    );
+}
+
+#[test]
+fn source_group_values() {
+    for (value, expected) in [
+        ("\"root\"", 0),
+        ("\"0\"", 0),
+        ("\"4242\"", 4242),
+        ("33", 33),
+        ("0", 0),
+        ("0x10", 16),
+        ("4294967294", u32::MAX - 1),
+    ] {
+        let text = unix_pipe(&format!("source_group = {value}\n"));
+        assert_eq!(only_pipe(&text).source_group, Some(expected), "{value}");
+    }
+    assert_eq!(only_pipe(&unix_pipe("")).source_group, None);
+    // Mode and group together, as the example has them.
+    let text = unix_pipe("source_mode = \"0660\"\nsource_group = \"root\"\n");
+    let sock = only_pipe(&text);
+    assert_eq!(
+        (sock.source_mode, sock.source_group),
+        (Some(0o660), Some(0))
+    );
+}
+
+#[test]
+fn source_group_errors() {
+    assert_errors(
+        &unix_pipe("source_group = \"nosuch\"\n"),
+        &[
+            "$DIR/spipes.toml:6:16: pipe sock: key `source_group`: no group \
+           `nosuch` on this system",
+        ],
+    );
+    assert_errors(
+        &unix_pipe("source_group = \"\"\n"),
+        &[
+            "$DIR/spipes.toml:6:16: pipe sock: key `source_group`: the group \
+           name is empty",
+        ],
+    );
+    for value in ["-1", "4294967295", "\"4294967295\"", "\"99999999999\""] {
+        assert_errors(
+            &unix_pipe(&format!("source_group = {value}\n")),
+            &[&format!(
+                "$DIR/spipes.toml:6:16: pipe sock: key `source_group`: \
+                 expected a group name or a gid from 0 to 4294967294, found \
+                 {value}"
+            )],
+        );
+    }
+    assert_errors(
+        &unix_pipe("source_group = [\"root\"]\n"),
+        &[
+            "$DIR/spipes.toml:6:16: pipe sock: key `source_group`: expected a \
+           group name or numeric gid, found an array",
+        ],
+    );
+    assert_errors(
+        &pipe("web", "127.0.0.1:1", "source_group = \"root\"\n"),
+        &["$DIR/spipes.toml:6:16: pipe web: key `source_group`: \
+           source_group applies to Unix socket sources"],
+    );
+    // Both on a TCP source: one message each.
+    assert_errors(
+        &pipe(
+            "web",
+            "[::1]:1",
+            "source_mode = \"600\"\nsource_group = 0\n",
+        ),
+        &[
+            "$DIR/spipes.toml:6:15: pipe web: key `source_mode`: source_mode \
+             applies to Unix socket sources",
+            "$DIR/spipes.toml:7:16: pipe web: key `source_group`: \
+             source_group applies to Unix socket sources",
+        ],
+    );
+    assert_errors(
+        "[defaults]\nsource_group = \"root\"\n",
+        &["$DIR/spipes.toml:2:1: key `source_group` cannot go in \
+           [defaults]: set it in each [pipes.NAME]"],
+    );
+}
+
+#[test]
+fn idle_and_half_close_timeouts_inherit_and_override() {
+    let pipes = |defaults: &str, extra: &str| {
+        let text = format!(
+            "[defaults]\n{defaults}\n{}",
+            pipe("web", "127.0.0.1:1", extra)
+        );
+        let p = only_pipe(&text);
+        (p.idle_timeout, p.half_close_timeout)
+    };
+    let secs = |s: f64| Some(Duration::from_secs_f64(s));
+    assert_eq!(pipes("", ""), (None, None));
+    assert_eq!(
+        pipes("idle_timeout = 60\nhalf_close_timeout = 0.5", ""),
+        (secs(60.0), secs(0.5))
+    );
+    assert_eq!(
+        pipes(
+            "idle_timeout = 60\nhalf_close_timeout = 5",
+            "idle_timeout = 0\nhalf_close_timeout = 7\n"
+        ),
+        (None, secs(7.0))
+    );
+    assert_eq!(
+        pipes("", "idle_timeout = 1e3\nhalf_close_timeout = 0.0\n"),
+        (secs(1000.0), None)
+    );
+}
+
+#[test]
+fn idle_and_half_close_timeout_errors() {
+    for key in ["idle_timeout", "half_close_timeout"] {
+        let column = key.len() + 4;
+        assert_errors(
+            &pipe("web", "127.0.0.1:1", &format!("{key} = -1\n")),
+            &[&format!(
+                "$DIR/spipes.toml:6:{column}: pipe web: key `{key}`: \
+                 expected a number of seconds (0 or more), found -1"
+            )],
+        );
+        assert_errors(
+            &format!("[defaults]\n{key} = \"30s\"\n"),
+            &[&format!(
+                "$DIR/spipes.toml:2:{column}: key `{key}` in [defaults]: \
+                 expected a number of seconds, found a string"
+            )],
+        );
+        assert_errors(
+            &format!("[defaults]\n{key} = 2e9\n"),
+            &[&format!(
+                "$DIR/spipes.toml:2:{column}: key `{key}` in [defaults]: 2e9 \
+                 seconds is too long; at most 1000000000 (about 31 years)"
+            )],
+        );
+        assert_errors(
+            &format!("[daemon]\n{key} = 30\n"),
+            &[&format!(
+                "$DIR/spipes.toml:2:1: unknown key `{key}` in [daemon]; it \
+                 goes in [defaults] or a pipe"
+            )],
+        );
+    }
+}
+
+#[test]
+fn max_handshakes_values() {
+    let handshakes = |defaults: &str, extra: &str| {
+        let text = format!(
+            "[defaults]\n{defaults}\n{}",
+            pipe("web", "127.0.0.1:1", extra)
+        );
+        only_pipe(&text).max_handshakes
+    };
+    assert_eq!(handshakes("", ""), Some(64));
+    assert_eq!(handshakes("max_handshakes = 8", ""), Some(8));
+    assert_eq!(handshakes("max_handshakes = 0", ""), None);
+    assert_eq!(
+        handshakes("max_handshakes = 0", "max_handshakes = 0x20\n"),
+        Some(32)
+    );
+    assert_eq!(
+        handshakes("max_handshakes = 8", "max_handshakes = 0\n"),
+        None
+    );
+}
+
+#[test]
+fn max_handshakes_errors() {
+    for (value, found) in
+        [("-1", "-1"), ("1.5", "a float"), ("\"64\"", "a string")]
+    {
+        let shown = if found == value {
+            format!("found {value}")
+        } else {
+            format!("found {found}")
+        };
+        assert_errors(
+            &pipe("web", "127.0.0.1:1", &format!("max_handshakes = {value}\n")),
+            &[&format!(
+                "$DIR/spipes.toml:6:18: pipe web: key `max_handshakes`: \
+                 expected a whole number of handshakes (0 for no limit), \
+                 {shown}"
+            )],
+        );
+    }
+    assert_errors(
+        "[defaults]\nmax_handshakes = -64\n",
+        &[
+            "$DIR/spipes.toml:2:18: key `max_handshakes` in [defaults]: \
+           expected a whole number of handshakes (0 for no limit), found -64",
+        ],
+    );
+    // Per pipe, so not in [daemon].
+    assert_errors(
+        "[daemon]\nmax_handshakes = 64\n",
+        &[
+            "$DIR/spipes.toml:2:1: unknown key `max_handshakes` in [daemon]; it \
+           goes in [defaults] or a pipe",
+        ],
+    );
+}
+
+#[test]
+fn metrics_values() {
+    assert_eq!(daemon_of("").metrics, None);
+    let metrics = |value: &str| {
+        daemon_of(&format!("[daemon]\nmetrics = \"{value}\"\n")).metrics
+    };
+    assert_eq!(metrics("127.0.0.1:9187"), Some(tcp("127.0.0.1", 9187)));
+    assert_eq!(metrics("[::1]:9187"), Some(tcp("::1", 9187)));
+    assert_eq!(metrics("localhost:9187"), Some(tcp("localhost", 9187)));
+}
+
+#[test]
+fn metrics_errors() {
+    assert_errors(
+        "[daemon]\nmetrics = \"/run/spipes/metrics.sock\"\n",
+        &[
+            "$DIR/spipes.toml:2:11: key `metrics` in [daemon]: metrics needs a \
+           TCP address",
+        ],
+    );
+    assert_errors(
+        "[daemon]\nmetrics = 9187\n",
+        &[
+            "$DIR/spipes.toml:2:11: key `metrics` in [daemon]: expected a TCP \
+           address, such as \"127.0.0.1:9187\", found an integer",
+        ],
+    );
+    assert_errors(
+        "[daemon]\nmetrics = \"127.0.0.1\"\n",
+        &[
+            "$DIR/spipes.toml:2:11: key `metrics` in [daemon]: missing port in \
+           `127.0.0.1`: write host:port",
+        ],
+    );
+    assert_errors(
+        "[daemon]\nmetrics = \"127.0.0.1:0\"\n",
+        &[
+            "$DIR/spipes.toml:2:11: key `metrics` in [daemon]: port 0 in \
+           `127.0.0.1:0` is out of range: use 1 to 65535",
+        ],
+    );
+    assert_errors(
+        "[defaults]\nmetrics = \"127.0.0.1:9187\"\n",
+        &["$DIR/spipes.toml:2:1: unknown key `metrics` in [defaults]"],
+    );
+    assert_errors(
+        &pipe("web", "127.0.0.1:1", "metrics = \"127.0.0.1:9187\"\n"),
+        &["$DIR/spipes.toml:6:1: pipe web: unknown key `metrics`"],
+    );
+    // A pipe cannot listen where the metrics are served.
+    assert_errors(
+        &format!(
+            "[daemon]\nmetrics = \"LocalHost:9187\"\n\n{}",
+            pipe("web", "localhost:9187", "")
+        ),
+        &[
+            "$DIR/spipes.toml:6:10: pipe web: key `source`: localhost:9187 is \
+           already the [daemon] metrics address",
+        ],
+    );
+}
+
+#[test]
+fn control_socket_values() {
+    let control = |value: &str| {
+        daemon_of(&format!("[daemon]\ncontrol_socket = {value}\n"))
+            .control_socket
+    };
+    assert_eq!(
+        daemon_of("").control_socket,
+        Some(PathBuf::from("/run/spipes/control.sock"))
+    );
+    assert_eq!(
+        spipes::config::builtin::CONTROL_SOCKET,
+        "/run/spipes/control.sock"
+    );
+    assert_eq!(control("\"\""), None);
+    assert_eq!(
+        control("\"/tmp/s.sock\""),
+        Some(PathBuf::from("/tmp/s.sock"))
+    );
+}
+
+#[test]
+fn control_socket_errors() {
+    for value in ["run/spipes/control.sock", "./control.sock", "127.0.0.1:1"] {
+        assert_errors(
+            &format!("[daemon]\ncontrol_socket = \"{value}\"\n"),
+            &[&format!(
+                "$DIR/spipes.toml:2:18: key `control_socket` in [daemon]: \
+                 expected an absolute path, such as \
+                 \"/run/spipes/control.sock\", or \"\" for none, found \
+                 \"{value}\""
+            )],
+        );
+    }
+    assert_errors(
+        "[daemon]\ncontrol_socket = false\n",
+        &[
+            "$DIR/spipes.toml:2:18: key `control_socket` in [daemon]: expected \
+           an absolute path, such as \"/run/spipes/control.sock\", or \"\" \
+           for none, found a boolean",
+        ],
+    );
+    assert_errors(
+        "[daemon]\ncontrol_socket = \"/run/spipes/\"\n",
+        &[
+            "$DIR/spipes.toml:2:18: key `control_socket` in [daemon]: Unix \
+           socket path `/run/spipes/` names a folder: add the socket's file \
+           name",
+        ],
+    );
+    let long = format!("/{}", "s".repeat(107));
+    assert_errors(
+        &format!("[daemon]\ncontrol_socket = \"{long}\"\n"),
+        &[&format!(
+            "$DIR/spipes.toml:2:18: key `control_socket` in [daemon]: Unix \
+             socket path `{long}` is 108 bytes long; at most 107 fit in a \
+             socket address"
+        )],
+    );
+    assert_errors(
+        "[defaults]\ncontrol_socket = \"\"\n",
+        &["$DIR/spipes.toml:2:1: unknown key `control_socket` in [defaults]"],
+    );
+    // A pipe cannot listen on the control socket, set or by default.
+    assert_errors(
+        &format!(
+            "[daemon]\ncontrol_socket = \"/run/c.sock\"\n\n{}",
+            pipe("c", "/run/c.sock", "")
+        ),
+        &[
+            "$DIR/spipes.toml:6:10: pipe c: key `source`: /run/c.sock is \
+           already the [daemon] control socket",
+        ],
+    );
+    assert_errors(
+        &pipe("c", "/run/spipes/control.sock", ""),
+        &["$DIR/spipes.toml:3:10: pipe c: key `source`: \
+           /run/spipes/control.sock is already the [daemon] control socket"],
+    );
+    // Turned off, the path is free.
+    let text = format!(
+        "[daemon]\ncontrol_socket = \"\"\n\n{}",
+        pipe("c", "/run/spipes/control.sock", "")
+    );
+    assert_eq!(
+        only_pipe(&text).source,
+        Address::Unix("/run/spipes/control.sock".into())
+    );
+}
+
+#[test]
+fn every_new_key_error_is_reported_at_once() {
+    let text = format!(
+        "[daemon]\nmetrics = \"/run/m.sock\"\ncontrol_socket = \"rel.sock\"\n\
+         max_handshakes = 1\n\n[defaults]\nidle_timeout = -1\n\
+         max_handshakes = 1.0\n\n{}",
+        pipe(
+            "web",
+            "127.0.0.1:1",
+            "proxy_protocol = \"v3\"\nsource_mode = \"0660\"\n\
+             source_group = \"nosuch\"\nhalf_close_timeout = true\n"
+        )
+    );
+    assert_errors(
+        &text,
+        &[
+            "$DIR/spipes.toml:2:11: key `metrics` in [daemon]: metrics needs \
+             a TCP address",
+            "$DIR/spipes.toml:3:18: key `control_socket` in [daemon]: \
+             expected an absolute path, such as \
+             \"/run/spipes/control.sock\", or \"\" for none, found \
+             \"rel.sock\"",
+            "$DIR/spipes.toml:4:1: unknown key `max_handshakes` in [daemon]; \
+             it goes in [defaults] or a pipe",
+            "$DIR/spipes.toml:7:16: key `idle_timeout` in [defaults]: \
+             expected a number of seconds (0 or more), found -1",
+            "$DIR/spipes.toml:8:18: key `max_handshakes` in [defaults]: \
+             expected a whole number of handshakes (0 for no limit), found \
+             a float",
+            "$DIR/spipes.toml:15:18: pipe web: key `proxy_protocol`: \
+             expected \"v1\" or \"v2\", found \"v3\"",
+            "$DIR/spipes.toml:16:15: pipe web: key `source_mode`: \
+             source_mode applies to Unix socket sources",
+            "$DIR/spipes.toml:17:16: pipe web: key `source_group`: no group \
+             `nosuch` on this system",
+            "$DIR/spipes.toml:18:22: pipe web: key `half_close_timeout`: \
+             expected a number of seconds, found a boolean",
+        ],
+    );
 }
