@@ -42,6 +42,16 @@ pub enum Command {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Show every pipe of the running daemon: state, addresses,
+    /// connections, bytes, failures.
+    Status {
+        /// The config file, to find the control socket.
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The control socket, overriding the config's.
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
     /// Write a new key file of 32 random bytes, mode 0600.
     Keygen {
         /// Where to write the key.

@@ -39,6 +39,26 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `spipes status`: ask the daemon through its control socket. The
+/// socket is `--socket`, else the config's `control_socket`, else the
+/// default; a config that does not load (its key files may be readable
+/// only by the daemon) falls back to the default.
+pub fn status(config: &Path, socket: Option<&Path>) -> anyhow::Result<()> {
+    let path = match socket {
+        Some(path) => Some(path.to_path_buf()),
+        None => match config::load(config) {
+            Ok((config, _)) => config.daemon.control_socket,
+            Err(_) => Some(config::builtin::CONTROL_SOCKET.into()),
+        },
+    };
+    let Some(path) = path else {
+        anyhow::bail!("the control socket is off (control_socket = \"\")");
+    };
+    let snapshot = crate::control::fetch(&path)?;
+    print!("{}", crate::control::table(&snapshot));
+    Ok(())
+}
+
 /// `spipes keygen`: a new key file.
 pub fn keygen(path: &Path, force: bool) -> anyhow::Result<()> {
     crate::keygen::write_key(path, force).with_context(|| {

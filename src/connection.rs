@@ -12,20 +12,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::Instrument;
 
 use crate::config::{DialTiming, Mode};
-use crate::net::{ReadHalf, Stream, WriteHalf};
+use crate::net::Stream;
 use crate::pipe::{PipeSettings, PipeStats};
 use crate::protocol::{
-    HandshakeError, MAX_PAYLOAD, Opener, PACKET_LEN, PacketError, Sealer,
-    SessionKeys, client_handshake, server_handshake_start,
+    HandshakeError, SessionKeys, client_handshake, server_handshake_start,
 };
-
-/// Plaintext read per system call: 64 packets' worth, so that one read and
-/// one write move 64 packets.
-const CHUNK: usize = 64 * MAX_PAYLOAD;
+use crate::relay::{Limits, Relay, RelayError};
 
 /// Why a connection ended, recorded on its span and counted per pipe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +39,11 @@ pub enum CloseReason {
     Truncated,
     /// A socket error (reset, broken pipe) after the handshake.
     Reset,
+    /// No byte moved either way for `idle_timeout`.
+    Idle,
+    /// One direction had ended and the other was quiet for
+    /// `half_close_timeout`.
+    HalfClosed,
     /// The pipe was removed or the daemon stopped, and the drain timeout
     /// ran out.
     Drained,
@@ -73,13 +73,41 @@ impl CloseReason {
             CloseReason::BadPacket => "bad packet",
             CloseReason::Truncated => "truncated",
             CloseReason::Reset => "reset",
+            CloseReason::Idle => "idle timeout",
+            CloseReason::HalfClosed => "half-close timeout",
             CloseReason::Drained => "drain timeout",
         }
     }
 }
 
 impl HandshakeFailure {
-    /// A short lowercase word for logs and metrics.
+    /// Every failure, in [`HandshakeFailure::index`] order.
+    pub const ALL: [HandshakeFailure; 4] = [
+        HandshakeFailure::BadMac,
+        HandshakeFailure::BadValue,
+        HandshakeFailure::ForwardSecrecyRefused,
+        HandshakeFailure::PeerClosed,
+    ];
+
+    /// The failure's position in [`HandshakeFailure::ALL`], for arrays of
+    /// counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// A snake_case label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            HandshakeFailure::BadMac => "bad_mac",
+            HandshakeFailure::BadValue => "bad_value",
+            HandshakeFailure::ForwardSecrecyRefused => {
+                "forward_secrecy_refused"
+            }
+            HandshakeFailure::PeerClosed => "peer_closed",
+        }
+    }
+
+    /// A short lowercase word for logs.
     pub fn as_str(self) -> &'static str {
         match self {
             HandshakeFailure::BadMac => "bad mac",
@@ -110,19 +138,6 @@ enum SetupError {
     Dial(io::Error),
     Handshake(HandshakeError),
     Timeout,
-}
-
-/// What ended the data path early.
-enum RelayError {
-    Io(io::Error),
-    Packet(PacketError),
-    Truncated,
-}
-
-impl From<io::Error> for RelayError {
-    fn from(e: io::Error) -> RelayError {
-        RelayError::Io(e)
-    }
 }
 
 /// The byte counts of one connection, plaintext, for the close event.
@@ -206,6 +221,15 @@ async fn run(
         Err(e) => return settings.setup_failed(e, stats),
     };
 
+    // A PROXY header names the accepted client, so only encrypt pipes
+    // (whose accepted side is the plaintext client) write one.
+    let preamble = match (config.mode, config.proxy_protocol) {
+        (Mode::Encrypt, Some(kind)) => {
+            crate::proxy::header(kind, accepted.addresses())
+        }
+        _ => Vec::new(),
+    };
+
     // The encrypted side is the target for encrypt pipes and the accepted
     // socket for decrypt pipes; the plaintext side is the other one.
     let (plain, wire) = match config.mode {
@@ -224,7 +248,17 @@ async fn run(
             [&counts.up, &stats.bytes_up],
         ),
     };
-    match relay(plain, wire, keys, sealed, opened).await {
+    let limits = Limits {
+        idle: config.idle_timeout,
+        half_close: config.half_close_timeout,
+    };
+    let relay = Relay {
+        plain,
+        wire,
+        keys,
+        preamble,
+    };
+    match relay.run(sealed, opened, limits).await {
         Ok(()) => CloseReason::Finished,
         Err(RelayError::Io(e)) => {
             tracing::debug!(error = %e, "connection reset");
@@ -235,6 +269,8 @@ async fn run(
             CloseReason::BadPacket
         }
         Err(RelayError::Truncated) => CloseReason::Truncated,
+        Err(RelayError::Idle) => CloseReason::Idle,
+        Err(RelayError::HalfClosed) => CloseReason::HalfClosed,
     }
 }
 
@@ -245,6 +281,7 @@ async fn setup_encrypt(
     let config = &settings.config;
     let work = async {
         let mut target = settings.dial().await.map_err(SetupError::Dial)?;
+        let _permit = settings.handshake_permit().await;
         let key = &settings.keys[0];
         let keys = client_handshake(&mut target, key, config.forward_secrecy)
             .await
@@ -286,6 +323,7 @@ async fn setup_decrypt(
                         .await
                         .map_err(SetupError::Handshake)?;
                     let index = proven.key_index();
+                    let _permit = settings.handshake_permit().await;
                     let session = proven
                         .finish(accepted)
                         .await
@@ -316,6 +354,8 @@ impl PipeSettings {
     fn setup_failed(&self, e: SetupError, stats: &PipeStats) -> CloseReason {
         match e {
             SetupError::Dial(e) => {
+                let target = &self.config.target;
+                stats.set_last_error(format!("dial {target}: {e}"));
                 stats.warn_limited("dial", || {
                     tracing::warn!(
                         pipe = %self.config.name,
@@ -329,6 +369,7 @@ impl PipeSettings {
             SetupError::Handshake(e) => {
                 let failure = HandshakeFailure::of(&e);
                 if failure != HandshakeFailure::PeerClosed {
+                    stats.set_last_error(format!("handshake: {e}"));
                     stats.warn_limited(failure.as_str(), || {
                         tracing::warn!(
                             pipe = %self.config.name,
@@ -341,6 +382,7 @@ impl PipeSettings {
                 CloseReason::Handshake(failure)
             }
             SetupError::Timeout => {
+                stats.set_last_error("dial plus handshake timed out".into());
                 stats.warn_limited("timeout", || {
                     tracing::warn!(
                         pipe = %self.config.name,
@@ -351,154 +393,5 @@ impl PipeSettings {
                 CloseReason::Timeout
             }
         }
-    }
-}
-
-/// Runs both directions until each has ended; an error in either ends
-/// both, since the protocol cannot resynchronise.
-async fn relay(
-    plain: Stream,
-    wire: Stream,
-    keys: SessionKeys,
-    sealed: [&AtomicU64; 2],
-    opened: [&AtomicU64; 2],
-) -> Result<(), RelayError> {
-    let (plain_r, plain_w) = plain.into_split();
-    let (wire_r, wire_w) = wire.into_split();
-
-    // try_join, not select: a clean end of one direction must leave the
-    // other running, which is what half-close means.
-    let seal = seal_loop(plain_r, wire_w, keys.sealer, sealed);
-    let open = open_loop(wire_r, plain_w, keys.opener, opened);
-    tokio::try_join!(seal, open).map(|_| ())
-}
-
-/// Plaintext in, packets out; at end of stream, shuts down writing.
-///
-/// The buffers exist only while data flows: when the source has nothing
-/// more to read, they are freed before waiting, so an idle connection
-/// holds no buffer memory.
-async fn seal_loop(
-    mut from: ReadHalf,
-    mut to: WriteHalf,
-    mut sealer: Sealer,
-    counts: [&AtomicU64; 2],
-) -> Result<(), RelayError> {
-    let mut plain = Vec::new();
-    let mut wire = Vec::new();
-    loop {
-        let n =
-            match read_ready(&mut from, &mut plain, CHUNK, &mut wire).await? {
-                Some(n) => n,
-                None => {
-                    to.shutdown().await?;
-                    return Ok(());
-                }
-            };
-
-        wire.reserve_exact(PACKETS_PER_CHUNK * PACKET_LEN);
-        sealer.seal(&plain[..n], &mut wire);
-        to.write_all(&wire).await?;
-        wire.clear();
-        add(counts, n);
-    }
-}
-
-/// Packets in, plaintext out; a clean end of stream at a packet boundary
-/// shuts down writing, anywhere else it is a cut stream.
-///
-/// Buffers are freed while idle between packets, as in [`seal_loop`]; a
-/// partial packet keeps its buffer until it is complete.
-async fn open_loop(
-    mut from: ReadHalf,
-    mut to: WriteHalf,
-    mut opener: Opener,
-    counts: [&AtomicU64; 2],
-) -> Result<(), RelayError> {
-    let mut wire = Vec::new();
-    let mut plain = Vec::new();
-    let mut filled = 0;
-    loop {
-        let got = if filled == 0 {
-            let size = PACKETS_PER_CHUNK * PACKET_LEN;
-            read_ready(&mut from, &mut wire, size, &mut plain).await?
-        } else {
-            read_more(&mut from, &mut wire, filled).await?
-        };
-        let Some(n) = got else {
-            if filled != 0 {
-                return Err(RelayError::Truncated);
-            }
-            to.shutdown().await?;
-            return Ok(());
-        };
-        filled += n;
-
-        // Open every whole packet; keep a partial one for the next read.
-        let whole = filled - filled % PACKET_LEN;
-        plain.reserve_exact(whole / PACKET_LEN * MAX_PAYLOAD);
-        for packet in wire[..whole].chunks_exact(PACKET_LEN) {
-            let packet =
-                packet.try_into().map_err(|_| RelayError::Truncated)?;
-            opener
-                .open(packet, &mut plain)
-                .map_err(RelayError::Packet)?;
-        }
-        wire.copy_within(whole..filled, 0);
-        filled -= whole;
-
-        to.write_all(&plain).await?;
-        add(counts, plain.len());
-        plain.clear();
-    }
-}
-
-/// Packets one chunk of plaintext makes.
-const PACKETS_PER_CHUNK: usize = CHUNK / MAX_PAYLOAD;
-
-/// Reads into `buf` from its start, allocating `size` bytes only once the
-/// socket is readable; when it has nothing more, frees `buf` and the
-/// direction's other buffer `spare` before waiting. `None` at end of
-/// stream.
-async fn read_ready(
-    from: &mut ReadHalf,
-    buf: &mut Vec<u8>,
-    size: usize,
-    spare: &mut Vec<u8>,
-) -> io::Result<Option<usize>> {
-    loop {
-        if buf.is_empty() {
-            from.readable().await?;
-            buf.resize(size, 0);
-        }
-        match from.try_read(buf) {
-            Ok(0) => return Ok(None),
-            Ok(n) => return Ok(Some(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                *buf = Vec::new();
-                *spare = Vec::new();
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Reads more after the first `filled` bytes of `buf`. `None` at end of
-/// stream.
-async fn read_more(
-    from: &mut ReadHalf,
-    buf: &mut [u8],
-    filled: usize,
-) -> io::Result<Option<usize>> {
-    match from.read(&mut buf[filled..]).await? {
-        0 => Ok(None),
-        n => Ok(Some(n)),
-    }
-}
-
-/// Adds `n` bytes to a connection's and its pipe's counters.
-fn add(counts: [&AtomicU64; 2], n: usize) {
-    for c in counts {
-        c.fetch_add(n as u64, Ordering::Relaxed);
     }
 }

@@ -14,17 +14,25 @@ use crate::systemd;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The config file or a key file is wrong.
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] config::ConfigError),
     /// A pipe could not bind its source.
-    #[error("{0}")]
+    #[error(transparent)]
     Bind(#[from] crate::supervisor::BindError),
     /// A signal handler could not be installed.
     #[error("cannot install signal handlers: {0}")]
-    Signals(#[from] std::io::Error),
+    Signals(std::io::Error),
+    /// The metrics endpoint could not bind its address.
+    #[error("metrics: bind {address}: {error}")]
+    Metrics {
+        /// The configured address.
+        address: crate::address::Address,
+        /// What the kernel said.
+        error: std::io::Error,
+    },
     /// The file watcher could not start.
     #[error("cannot watch the config file: {0}")]
-    Watch(#[from] notify::Error),
+    Watch(notify::Error),
 }
 
 /// The signals the daemon follows, installed before anything else so that
@@ -58,11 +66,13 @@ impl Signals {
 /// Must run inside a tokio runtime. Not meant to be cancelled: it owns the
 /// process's pipes.
 pub async fn run(path: &Path) -> Result<(), StartError> {
-    let mut signals = Signals::install()?;
-    let mut files = Files::new(path)?;
+    let mut signals = Signals::install().map_err(StartError::Signals)?;
+    let mut files = Files::new(path).map_err(StartError::Watch)?;
     let config = load(path)?;
     files.follow(&config);
+    let services = Services::from(&config.daemon);
     let mut supervisor = Supervisor::start(config).await?;
+    let _services = services.start(supervisor.board()).await?;
 
     let status = status_line(&supervisor);
     tracing::info!("ready: {status}");
@@ -152,6 +162,80 @@ impl Files {
     }
 }
 
+/// The daemon's own listeners beside the pipes: the control socket and
+/// the metrics endpoint. They are set up at start; a reload that changes
+/// their addresses is logged and takes effect at the next restart.
+struct Services {
+    metrics: Option<crate::address::Address>,
+    control_socket: Option<PathBuf>,
+}
+
+/// The running services; dropping it stops them.
+struct RunningServices {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for RunningServices {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Services {
+    fn from(daemon: &config::DaemonConfig) -> Services {
+        Services {
+            metrics: daemon.metrics.clone(),
+            control_socket: daemon.control_socket.clone(),
+        }
+    }
+
+    /// Binds and starts them. A metrics address that cannot be bound
+    /// fails the start, since it was asked for; a control socket that
+    /// cannot be bound (no /run/spipes when run by hand) is only a warning.
+    async fn start(
+        self,
+        board: &std::sync::Arc<crate::status::Board>,
+    ) -> Result<RunningServices, StartError> {
+        let mut tasks = Vec::new();
+        if let Some(address) = self.metrics {
+            let listener = bind_metrics(&address)
+                .await
+                .map_err(|error| StartError::Metrics { address, error })?;
+            tasks.push(tokio::spawn(crate::metrics::serve(
+                listener,
+                board.clone(),
+            )));
+        }
+
+        if let Some(path) = self.control_socket {
+            match crate::control::ControlSocket::bind(&path).await {
+                Ok(socket) => {
+                    tasks.push(tokio::spawn(socket.serve(board.clone())))
+                }
+                Err(e) => tracing::warn!(
+                    path = %path.display(), error = %e,
+                    "cannot bind the control socket; spipes status will not \
+                     reach this daemon"
+                ),
+            }
+        }
+        Ok(RunningServices { tasks })
+    }
+}
+
+/// Binds the metrics address.
+async fn bind_metrics(
+    address: &crate::address::Address,
+) -> std::io::Result<tokio::net::TcpListener> {
+    let crate::address::Address::Tcp { host, port } = address else {
+        return Err(std::io::Error::other("metrics needs a TCP address"));
+    };
+    let addrs = crate::net::resolve(host, *port).await?;
+    tokio::net::TcpListener::bind(&addrs[..]).await
+}
+
 /// Reads and validates the config, logging its warnings.
 fn load(path: &Path) -> Result<Config, config::ConfigError> {
     let (config, warnings) = config::load(path)?;
@@ -167,10 +251,17 @@ async fn reload(supervisor: &mut Supervisor, files: &mut Files) {
     match load(&files.config) {
         Ok(config) => {
             files.follow(&config);
+            if supervisor.daemon_services_differ(&config.daemon) {
+                tracing::warn!(
+                    "metrics and control_socket changes take effect at the \
+                     next restart"
+                );
+            }
             let summary = supervisor.apply(config).await;
             tracing::info!("reloaded: {summary}");
         }
         Err(e) => {
+            supervisor.board().count_reload(false);
             tracing::error!("reload rejected, the running config is kept: {e}");
         }
     }
@@ -180,16 +271,18 @@ async fn reload(supervisor: &mut Supervisor, files: &mut Files) {
 
 /// The one-line summary for systemd's status.
 fn status_line(supervisor: &Supervisor) -> String {
-    use crate::supervisor::PipeState;
+    use crate::status::State;
 
-    let status = supervisor.status();
-    let running = status
-        .iter()
-        .filter(|p| p.state == PipeState::Running)
-        .count();
-    let failed = status.len() - running;
-    let active: usize = status.iter().map(|p| p.active).sum();
-    format!("{running} pipes running, {failed} failed, {active} connections")
+    let snapshot = supervisor.board().snapshot();
+    let count =
+        |state| snapshot.pipes.iter().filter(|p| p.state == state).count();
+    let active: u64 = snapshot.pipes.iter().map(|p| p.active).sum();
+    format!(
+        "{} pipes running, {} failed, {} draining, {active} connections",
+        count(State::Running),
+        count(State::Failed),
+        count(State::Draining),
+    )
 }
 
 /// Sleeps until `at`; never returns for `None`.

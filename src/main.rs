@@ -17,6 +17,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => spipes::commands::run(&config),
         Command::Check { config } => spipes::commands::check(&config),
+        Command::Status { config, socket } => {
+            spipes::commands::status(&config, socket.as_deref())
+        }
         Command::Keygen { path, force } => {
             spipes::commands::keygen(&path, force)
         }

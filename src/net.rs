@@ -80,6 +80,15 @@ impl Stream {
         }
     }
 
+    /// The peer's and the local address of a TCP connection, for a PROXY
+    /// protocol header; `None` for Unix sockets.
+    pub fn addresses(&self) -> Option<(SocketAddr, SocketAddr)> {
+        match self {
+            Stream::Tcp(s) => Some((s.peer_addr().ok()?, s.local_addr().ok()?)),
+            Stream::Unix(_) => None,
+        }
+    }
+
     /// Sets the options spiped sets on every socket: TCP_NODELAY, since
     /// packets are already coalesced by the data path and Nagle would only
     /// add latency; SO_KEEPALIVE when configured, so that a peer that
@@ -213,18 +222,30 @@ impl Listener {
     }
 }
 
+/// Who may connect to a Unix socket spipes creates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketAccess {
+    /// The file's permission bits; `None` keeps what the umask gives.
+    pub mode: Option<u32>,
+    /// The file's group; `None` keeps spipes' own.
+    pub group: Option<u32>,
+}
+
 /// Binds a source address, resolving a host name once.
 ///
 /// Must run inside a tokio runtime. A Unix socket file nobody answers on is
 /// a leftover of an earlier run and is replaced; a live socket, or a path
 /// that is not a socket, is an error and is left alone.
-pub async fn bind(source: &Address) -> io::Result<Listener> {
+pub async fn bind(
+    source: &Address,
+    access: SocketAccess,
+) -> io::Result<Listener> {
     match source {
         Address::Tcp { host, port } => {
             let addr = resolve(host, *port).await?[0];
             bind_tcp(addr)
         }
-        Address::Unix(path) => bind_unix(path).await,
+        Address::Unix(path) => bind_unix(path, access).await,
     }
 }
 
@@ -251,11 +272,43 @@ fn bind_tcp(addr: SocketAddr) -> io::Result<Listener> {
     Ok(Listener::Tcp(listener))
 }
 
-/// Binds a Unix socket, replacing a leftover socket file.
-async fn bind_unix(path: &Path) -> io::Result<Listener> {
+/// Binds a Unix socket, replacing a leftover socket file. With `access`
+/// set, the socket is bound under a temporary name, given its mode and
+/// group, and only then renamed into place, so that no client can reach
+/// it at the real path while its permissions are still wider.
+pub async fn bind_unix(
+    path: &Path,
+    access: SocketAccess,
+) -> io::Result<Listener> {
+    clear_leftover(path).await?;
+    if access == SocketAccess::default() {
+        let listener = UnixListener::bind(path)?;
+        return Ok(Listener::Unix {
+            listener,
+            path: Some(path.to_path_buf()),
+        });
+    }
+
+    let staging = staging_path(path);
+    let _ = std::fs::remove_file(&staging);
+    let listener = UnixListener::bind(&staging)?;
+    let prepared = prepare(&staging, access)
+        .and_then(|()| std::fs::rename(&staging, path));
+    if let Err(e) = prepared {
+        let _ = std::fs::remove_file(&staging);
+        return Err(e);
+    }
+    Ok(Listener::Unix {
+        listener,
+        path: Some(path.to_path_buf()),
+    })
+}
+
+/// Removes a socket file nobody answers on; refuses a live socket or a
+/// path that is not a socket.
+async fn clear_leftover(path: &Path) -> io::Result<()> {
     use std::os::unix::fs::FileTypeExt;
 
-    // Decide about an existing file before binding over it.
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if UnixStream::connect(path).await.is_ok() {
@@ -264,23 +317,36 @@ async fn bind_unix(path: &Path) -> io::Result<Listener> {
                     "a live socket is already listening there",
                 ));
             }
-            std::fs::remove_file(path)?;
+            std::fs::remove_file(path)
         }
-        Ok(_) => {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                "the path exists and is not a socket",
-            ));
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "the path exists and is not a socket",
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
     }
+}
 
-    let listener = UnixListener::bind(path)?;
-    Ok(Listener::Unix {
-        listener,
-        path: Some(path.to_path_buf()),
-    })
+/// A name beside `path` for binding before the rename.
+fn staging_path(path: &Path) -> PathBuf {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(format!(".{}.new", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Sets the group, then the mode, of a freshly bound socket file.
+fn prepare(path: &Path, access: SocketAccess) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+
+    if let Some(gid) = access.group {
+        std::os::unix::fs::chown(path, None, Some(gid))?;
+    }
+    if let Some(mode) = access.mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
 }
 
 /// Resolves `host:port`; an IP literal needs no lookup. Never empty.

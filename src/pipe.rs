@@ -11,13 +11,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::PipeConfig;
-use crate::connection::{self, CloseReason};
+use crate::connection::{self, CloseReason, HandshakeFailure};
 use crate::net::{Listener, Target};
 use crate::protocol::Key;
 
@@ -43,6 +43,11 @@ pub struct PipeSettings {
     pub target: Target,
     /// The keys, in the order the handshake tries them.
     pub keys: Vec<Arc<Key>>,
+    /// Permits for the Diffie-Hellman work of a handshake, so that a
+    /// flood of handshakes cannot starve established connections of CPU;
+    /// `None` when `max_handshakes = 0`. A reload makes a new semaphore,
+    /// so right after one, old and new handshakes may briefly overlap.
+    pub handshakes: Option<Arc<Semaphore>>,
 }
 
 impl PipeSettings {
@@ -51,11 +56,25 @@ impl PipeSettings {
         let target =
             Target::new(config.target.clone(), config.resolve_interval);
         let keys = config.keys.iter().map(|k| k.key.clone()).collect();
+        let handshakes =
+            config.max_handshakes.map(|n| Arc::new(Semaphore::new(n)));
         PipeSettings {
             config,
             target,
             keys,
+            handshakes,
         }
+    }
+
+    /// Waits for a handshake permit; `None` when there is no cap. The
+    /// permit is held for the exponentiations only: on a decrypt pipe,
+    /// after the client proved the key, so a peer that sends nothing never
+    /// holds one.
+    ///
+    /// Cancel-safe.
+    pub async fn handshake_permit(&self) -> Option<OwnedSemaphorePermit> {
+        let semaphore = self.handshakes.clone()?;
+        semaphore.acquire_owned().await.ok()
     }
 }
 
@@ -71,8 +90,9 @@ pub struct PipeStats {
     pub bytes_up: AtomicU64,
     /// Plaintext bytes from the target back to sources.
     pub bytes_down: AtomicU64,
-    /// Handshakes that failed because of the peer.
-    pub handshake_failures: AtomicU64,
+    /// Handshakes that failed because of the peer, by
+    /// [`HandshakeFailure::index`].
+    pub handshake_failures: [AtomicU64; HandshakeFailure::ALL.len()],
     /// Dial plus handshake that ran out of time.
     pub timeouts: AtomicU64,
     /// Targets that could not be dialled.
@@ -82,6 +102,8 @@ pub struct PipeStats {
     /// Successful handshakes per key file, so an operator can see when an
     /// old key is no longer used during a rotation.
     key_uses: Mutex<HashMap<PathBuf, u64>>,
+    /// The last failure that needed an operator, for `spipes status`.
+    last_error: Mutex<Option<String>>,
     /// When each kind of warning was last logged.
     warned: Mutex<HashMap<&'static str, Instant>>,
     /// Woken when a connection closes, for an accept loop at its limit.
@@ -92,7 +114,9 @@ impl PipeStats {
     /// Counts a connection's end and wakes an accept loop at its limit.
     pub fn record_close(&self, reason: CloseReason) {
         let counter = match reason {
-            CloseReason::Handshake(_) => Some(&self.handshake_failures),
+            CloseReason::Handshake(h) => {
+                Some(&self.handshake_failures[h.index()])
+            }
             CloseReason::Timeout => Some(&self.timeouts),
             CloseReason::DialFailed => Some(&self.dial_failures),
             _ => None,
@@ -111,6 +135,16 @@ impl PipeStats {
     /// Successful handshakes per key file so far.
     pub fn key_uses(&self) -> HashMap<PathBuf, u64> {
         lock(&self.key_uses).clone()
+    }
+
+    /// Remembers `error` as the pipe's last error.
+    pub fn set_last_error(&self, error: String) {
+        *lock(&self.last_error) = Some(error);
+    }
+
+    /// The last failure that needed an operator, if any.
+    pub fn last_error(&self) -> Option<String> {
+        lock(&self.last_error).clone()
     }
 
     /// Runs `log` unless a warning of this kind was logged within the
@@ -364,6 +398,7 @@ impl AcceptLoop {
         }
 
         let name = self.settings.borrow().config.name.clone();
+        self.stats.set_last_error(format!("accept: {e}"));
         self.stats.warn_limited("accept", || {
             tracing::warn!(
                 pipe = %name, error = %e,

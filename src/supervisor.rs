@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::task::TaskTracker;
@@ -15,6 +16,7 @@ use crate::address::Address;
 use crate::config::{Config, DaemonConfig, PipeConfig};
 use crate::net;
 use crate::pipe::{PipeHandle, PipeSettings};
+use crate::status::{Board, Entry, State};
 use crate::systemd;
 
 /// The first wait before binding a pipe that failed to bind on reload...
@@ -74,28 +76,6 @@ struct FailedPipe {
     next_attempt: Instant,
 }
 
-/// The state of one pipe, as the supervisor can tell an operator.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PipeState {
-    /// Bound and accepting.
-    Running,
-    /// Its bind failed on reload; retried with backoff.
-    Failed(String),
-}
-
-/// One row of [`Supervisor::status`].
-#[derive(Debug, Clone)]
-pub struct PipeStatus {
-    /// The pipe's config.
-    pub config: PipeConfig,
-    /// Running or failed.
-    pub state: PipeState,
-    /// Connections open now (0 for a failed pipe).
-    pub active: usize,
-    /// Connections accepted so far.
-    pub total: u64,
-}
-
 /// Owns every pipe of the process and applies configs to them.
 pub struct Supervisor {
     daemon: DaemonConfig,
@@ -103,6 +83,8 @@ pub struct Supervisor {
     failed: BTreeMap<Address, FailedPipe>,
     /// Removed pipes still draining their connections.
     draining: TaskTracker,
+    /// What operators see; republished after every change.
+    board: Arc<Board>,
 }
 
 impl Supervisor {
@@ -118,7 +100,7 @@ impl Supervisor {
         for pipe in config.pipes {
             let listener = match activated.take(&pipe.name, &pipe.source) {
                 Some(listener) => Ok(listener),
-                None => net::bind(&pipe.source).await,
+                None => net::bind(&pipe.source, access(&pipe)).await,
             };
             match listener {
                 Ok(listener) => bound.push((pipe, listener)),
@@ -147,12 +129,16 @@ impl Supervisor {
                 },
             );
         }
-        Ok(Supervisor {
+        let supervisor = Supervisor {
             daemon: config.daemon,
             running,
             failed: BTreeMap::new(),
             draining: TaskTracker::new(),
-        })
+            board: Arc::new(Board::default()),
+        };
+        supervisor.board.count_reload(true);
+        supervisor.publish();
+        Ok(supervisor)
     }
 
     /// Applies a new, already validated config: removed pipes drain,
@@ -180,7 +166,7 @@ impl Supervisor {
         for source in gone {
             if let Some(pipe) = self.running.remove(&source) {
                 log_pipe("removed", &pipe.config);
-                self.drain_in_background(pipe.handle);
+                self.drain_in_background(pipe);
                 summary.removed += 1;
             }
         }
@@ -190,6 +176,8 @@ impl Supervisor {
         for (source, pipe) in std::mem::take(&mut wanted) {
             self.apply_one(source, pipe, &mut summary).await;
         }
+        self.board.count_reload(true);
+        self.publish();
         summary
     }
 
@@ -237,7 +225,7 @@ impl Supervisor {
 
     /// Binds a pipe and starts it; the error (logged) if the bind failed.
     async fn bind_and_run(&mut self, pipe: PipeConfig) -> Result<(), String> {
-        match net::bind(&pipe.source).await {
+        match net::bind(&pipe.source, access(&pipe)).await {
             Ok(listener) => {
                 log_pipe("started", &pipe);
                 let settings = PipeSettings::new(pipe.clone());
@@ -291,25 +279,37 @@ impl Supervisor {
                 f.next_attempt = Instant::now() + f.wait;
             }
         }
+        self.publish();
     }
 
-    /// Every pipe and its state, running ones first.
-    pub fn status(&self) -> Vec<PipeStatus> {
-        use std::sync::atomic::Ordering::Relaxed;
+    /// The board operators read, shared with the control socket and the
+    /// metrics endpoint.
+    pub fn board(&self) -> &Arc<Board> {
+        &self.board
+    }
 
-        let running = self.running.values().map(|p| PipeStatus {
+    /// Puts the current running and failed pipes on the board.
+    fn publish(&self) {
+        let running = self.running.values().map(|p| Entry {
             config: p.config.clone(),
-            state: PipeState::Running,
-            active: p.handle.stats().active.load(Relaxed),
-            total: p.handle.stats().total.load(Relaxed),
+            state: State::Running,
+            error: None,
+            stats: Some(p.handle.stats().clone()),
         });
-        let failed = self.failed.values().map(|f| PipeStatus {
+        let failed = self.failed.values().map(|f| Entry {
             config: f.config.clone(),
-            state: PipeState::Failed(f.error.clone()),
-            active: 0,
-            total: 0,
+            state: State::Failed,
+            error: Some(f.error.clone()),
+            stats: None,
         });
-        running.chain(failed).collect()
+        self.board.publish(running.chain(failed).collect());
+    }
+
+    /// Whether `daemon` moves the metrics endpoint or the control socket,
+    /// which only a restart applies.
+    pub fn daemon_services_differ(&self, daemon: &DaemonConfig) -> bool {
+        self.daemon.metrics != daemon.metrics
+            || self.daemon.control_socket != daemon.control_socket
     }
 
     /// The running pipe listening on `source`, if any.
@@ -332,10 +332,29 @@ impl Supervisor {
         tokio::join!(all.wait(), self.draining.wait());
     }
 
-    /// Lets a removed pipe drain without holding up the reload.
-    fn drain_in_background(&self, handle: PipeHandle) {
+    /// Lets a removed pipe drain without holding up the reload; it shows
+    /// as draining until its connections are done.
+    fn drain_in_background(&self, pipe: RunningPipe) {
         let grace = self.daemon.drain_timeout;
-        self.draining.spawn(handle.drain(grace));
+        let board = self.board.clone();
+        let id = board.start_draining(Entry {
+            config: pipe.config,
+            state: State::Draining,
+            error: None,
+            stats: Some(pipe.handle.stats().clone()),
+        });
+        self.draining.spawn(async move {
+            pipe.handle.drain(grace).await;
+            board.end_draining(id);
+        });
+    }
+}
+
+/// Who may connect to a pipe's Unix socket source.
+fn access(pipe: &PipeConfig) -> net::SocketAccess {
+    net::SocketAccess {
+        mode: pipe.source_mode,
+        group: pipe.source_group,
     }
 }
 

@@ -36,9 +36,10 @@ pub const DH_MESSAGE_LEN: usize = Y_LEN + MAC_LEN;
 /// Why a handshake failed. The variants say who is to blame.
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
-    /// Reading or writing the encrypted socket failed.
+    /// Reading or writing the encrypted socket failed. The cause is in
+    /// the message rather than in `source()`, so that it is printed once.
     #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// The peer closed the connection before the handshake finished.
     #[error("peer closed the connection during the handshake")]
     Eof,
@@ -51,6 +52,12 @@ pub enum HandshakeError {
     /// `forward_secrecy = "required"` and the peer sent `y = 1`.
     #[error("peer has forward secrecy off, and it is required")]
     ForwardSecrecyRefused,
+}
+
+impl From<io::Error> for HandshakeError {
+    fn from(e: io::Error) -> HandshakeError {
+        io_error(e)
+    }
 }
 
 /// Maps an I/O error, turning an early end of stream into
