@@ -52,6 +52,36 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
     },
+    /// Connect standard input and output to an encrypted target, as
+    /// spiped's `spipe` does (for `ssh -o ProxyCommand`).
+    Connect {
+        /// The decrypting end to dial: host:port, [v6]:port or a path.
+        #[arg(short, long)]
+        target: String,
+        /// The key file.
+        #[arg(short, long)]
+        key: PathBuf,
+        /// Forward secrecy: on, off (spiped -f) or required (spiped -g).
+        #[arg(long, value_enum, default_value_t = FsArg::On)]
+        forward_secrecy: FsArg,
+        /// Seconds allowed for dialling plus handshake.
+        #[arg(long, default_value_t = 5.0)]
+        timeout: f64,
+    },
+    /// Print TOML pipes for spiped command lines (one per line, or the
+    /// ExecStart= lines of unit files) read from files or standard input.
+    Import {
+        /// Files to read; standard input when none.
+        files: Vec<PathBuf>,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    #[command(hide = true)]
+    Man,
     /// Write a new key file of 32 random bytes, mode 0600.
     Keygen {
         /// Where to write the key.
@@ -60,4 +90,26 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// `--forward-secrecy` values, as in the config file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FsArg {
+    /// The full exchange (spiped's default).
+    On,
+    /// No exchange (spiped -f).
+    Off,
+    /// Refuse a peer with it off (spiped -g).
+    Required,
+}
+
+impl From<FsArg> for crate::protocol::ForwardSecrecy {
+    fn from(arg: FsArg) -> crate::protocol::ForwardSecrecy {
+        use crate::protocol::ForwardSecrecy;
+        match arg {
+            FsArg::On => ForwardSecrecy::On,
+            FsArg::Off => ForwardSecrecy::Off,
+            FsArg::Required => ForwardSecrecy::Required,
+        }
+    }
 }

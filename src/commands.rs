@@ -69,3 +69,44 @@ pub fn keygen(path: &Path, force: bool) -> anyhow::Result<()> {
         }
     })
 }
+
+/// `spipes connect`: standard input and output through a client
+/// handshake to `target`.
+pub fn connect(
+    target: &str,
+    key: &Path,
+    fs: crate::protocol::ForwardSecrecy,
+    timeout: f64,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(crate::client::connect(target, key, fs, timeout))
+}
+
+/// `spipes import`: spiped command lines to TOML pipes.
+pub fn import(files: &[std::path::PathBuf]) -> anyhow::Result<()> {
+    let toml = crate::import::from_files(files)?;
+    print!("{toml}");
+    Ok(())
+}
+
+/// `spipes completions`: a completion script for `shell` on stdout.
+pub fn completions(shell: clap_complete::Shell) {
+    let mut command = <crate::cli::Cli as clap::CommandFactory>::command();
+    clap_complete::generate(
+        shell,
+        &mut command,
+        "spipes",
+        &mut std::io::stdout(),
+    );
+}
+
+/// `spipes man`: the man page, from the same clap definitions.
+pub fn man() -> anyhow::Result<()> {
+    let command = <crate::cli::Cli as clap::CommandFactory>::command();
+    clap_mangen::Man::new(command)
+        .render(&mut std::io::stdout())
+        .context("cannot write the man page")
+}

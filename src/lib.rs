@@ -9,11 +9,13 @@
 
 pub mod address;
 pub mod cli;
+pub mod client;
 pub mod commands;
 pub mod config;
 pub mod connection;
 pub mod control;
 pub mod daemon;
+pub mod import;
 pub mod keygen;
 pub mod logging;
 pub mod metrics;

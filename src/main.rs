@@ -20,6 +20,23 @@ fn main() -> ExitCode {
         Command::Status { config, socket } => {
             spipes::commands::status(&config, socket.as_deref())
         }
+        Command::Connect {
+            target,
+            key,
+            forward_secrecy,
+            timeout,
+        } => spipes::commands::connect(
+            &target,
+            &key,
+            forward_secrecy.into(),
+            timeout,
+        ),
+        Command::Import { files } => spipes::commands::import(&files),
+        Command::Completions { shell } => {
+            spipes::commands::completions(shell);
+            Ok(())
+        }
+        Command::Man => spipes::commands::man(),
         Command::Keygen { path, force } => {
             spipes::commands::keygen(&path, force)
         }

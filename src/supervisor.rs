@@ -371,7 +371,7 @@ fn remove_unix_files(bound: &[(PipeConfig, net::Listener)]) {
 fn log_pipe(what: &str, pipe: &PipeConfig) {
     tracing::info!(
         pipe = %pipe.name,
-        mode = ?pipe.mode,
+        mode = %pipe.mode,
         source = %pipe.source,
         target = %pipe.target,
         "pipe {what}"
