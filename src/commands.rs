@@ -93,14 +93,17 @@ pub fn import(files: &[std::path::PathBuf]) -> anyhow::Result<()> {
 }
 
 /// `spipes completions`: a completion script for `shell` on stdout.
-pub fn completions(shell: clap_complete::Shell) {
+pub fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    use std::io::Write;
+
+    // Generated into memory first: clap_complete panics on a write error
+    // such as a closed pipe.
     let mut command = <crate::cli::Cli as clap::CommandFactory>::command();
-    clap_complete::generate(
-        shell,
-        &mut command,
-        "spipes",
-        &mut std::io::stdout(),
-    );
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, "spipes", &mut script);
+    std::io::stdout()
+        .write_all(&script)
+        .context("cannot write the completion script")
 }
 
 /// `spipes man`: the man page, from the same clap definitions.

@@ -32,10 +32,7 @@ fn main() -> ExitCode {
             timeout,
         ),
         Command::Import { files } => spipes::commands::import(&files),
-        Command::Completions { shell } => {
-            spipes::commands::completions(shell);
-            Ok(())
-        }
+        Command::Completions { shell } => spipes::commands::completions(shell),
         Command::Man => spipes::commands::man(),
         Command::Keygen { path, force } => {
             spipes::commands::keygen(&path, force)
