@@ -150,7 +150,9 @@ struct Counts {
 }
 
 /// Serves one accepted connection to its end, under a span that carries
-/// the pipe, the connection id and the peer.
+/// the pipe, the connection id and the peer. The span is at info level so
+/// that its fields reach the warnings logged inside it; it logs nothing by
+/// itself.
 ///
 /// Cancel-safe in the sense that matters: dropping the future closes both
 /// sockets, which is how a drain timeout cuts a connection.
@@ -161,7 +163,7 @@ pub async fn serve(
     settings: Arc<PipeSettings>,
     stats: Arc<PipeStats>,
 ) -> CloseReason {
-    let span = tracing::debug_span!(
+    let span = tracing::info_span!(
         "connection",
         pipe = %settings.config.name,
         id,
