@@ -248,6 +248,10 @@ fn load(path: &Path) -> Result<Config, config::ConfigError> {
 /// Loads the file again and applies it; a bad file changes nothing.
 async fn reload(supervisor: &mut Supervisor, files: &mut Files) {
     systemd::reloading();
+
+    // Whatever triggered this reload, the files as they are now count as
+    // seen, so the watcher does not load the same content a second time.
+    files.loaded = files.fingerprint();
     match load(&files.config) {
         Ok(config) => {
             files.follow(&config);

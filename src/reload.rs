@@ -40,7 +40,9 @@ impl FileWatcher {
             move |event: notify::Result<notify::Event>| {
                 // Errors also count as a possible change: a hash check
                 // follows, so a false alarm costs one read of the files.
-                let _ = event;
+                if event.is_ok_and(|e| is_read(&e.kind)) {
+                    return;
+                }
                 let _ = events_tx.send(());
             },
         )?;
@@ -83,6 +85,19 @@ impl FileWatcher {
             // The debouncer is gone (the runtime is shutting down).
             std::future::pending::<()>().await;
         }
+    }
+}
+
+/// Whether an event only says a file was opened or read. The hash check
+/// itself reads the files, so counting reads would loop forever; a file
+/// closed after writing still counts.
+fn is_read(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => false,
+        EventKind::Access(_) => true,
+        _ => false,
     }
 }
 
