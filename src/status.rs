@@ -64,7 +64,7 @@ pub struct Board {
     reloads_ok: AtomicU64,
     /// Reloads rejected because the new file was bad.
     reloads_failed: AtomicU64,
-    /// Seconds since the epoch of the last applied reload (or the start).
+    /// Seconds since the epoch of the last good load (start or reload).
     last_reload_ok: AtomicU64,
 }
 
@@ -87,7 +87,12 @@ impl Board {
         lock(&self.draining).retain(|(i, _)| *i != id);
     }
 
-    /// Counts a reload (or the start, which counts as a good load).
+    /// Notes the time of the first load, at start-up; not a reload.
+    pub fn started(&self) {
+        self.last_reload_ok.store(unix_now(), Relaxed);
+    }
+
+    /// Counts a reload by its result.
     pub fn count_reload(&self, ok: bool) {
         if ok {
             self.reloads_ok.fetch_add(1, Relaxed);
@@ -127,11 +132,12 @@ fn unix_now() -> u64 {
 pub struct Snapshot {
     /// Every pipe: running, failed and draining.
     pub pipes: Vec<PipeSnapshot>,
-    /// Reloads applied (the start counts as one).
+    /// Reloads applied.
     pub reloads_ok: u64,
     /// Reloads rejected.
     pub reloads_failed: u64,
-    /// When the last good load happened, in seconds since the epoch.
+    /// When the config was last loaded successfully (at start or by a
+    /// reload), in seconds since the epoch.
     pub last_reload_ok_unix: u64,
 }
 

@@ -136,7 +136,7 @@ impl Supervisor {
             draining: TaskTracker::new(),
             board: Arc::new(Board::default()),
         };
-        supervisor.board.count_reload(true);
+        supervisor.board.started();
         supervisor.publish();
         Ok(supervisor)
     }
