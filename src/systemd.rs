@@ -2,8 +2,10 @@
 //! one-line status, sent only when `NOTIFY_SOCKET` is set.
 //!
 //! A failed notification is logged at debug and otherwise ignored: the
-//! daemon's work does not depend on its supervisor listening. Socket
-//! activation is here too: sockets systemd bound for spipes' pipes.
+//! daemon's work does not depend on its supervisor listening. Messages are
+//! sent without blocking, so a supervisor that stopped reading can never
+//! stall the daemon (a full queue drops the message). Socket activation is
+//! here too: sockets systemd bound for spipes' pipes.
 
 use sd_notify::NotifyState;
 
@@ -34,10 +36,35 @@ pub fn status(status: &str) {
     send(&[NotifyState::Status(status)]);
 }
 
+/// Sends one datagram of `KEY=value` lines to `NOTIFY_SOCKET`, if set.
+/// `sd-notify` formats the lines; the send is ours, since its `notify`
+/// blocks when the queue is full.
 fn send(states: &[NotifyState<'_>]) {
-    if let Err(e) = sd_notify::notify(states) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let message: String = states.iter().map(|s| format!("{s}\n")).collect();
+    if let Err(e) = send_to(&path, message.as_bytes()) {
         tracing::debug!(error = %e, "systemd notification failed");
     }
+}
+
+/// A non-blocking send to a path or, with a leading `@`, an abstract
+/// socket name.
+fn send_to(path: &std::ffi::OsStr, message: &[u8]) -> std::io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+
+    let bytes = path.as_bytes();
+    let address = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name)?,
+        None => SocketAddr::from_pathname(path)?,
+    };
+    let socket = UnixDatagram::unbound()?;
+    socket.set_nonblocking(true)?;
+    socket.send_to_addr(message, &address)?;
+    Ok(())
 }
 
 /// Listening sockets passed by systemd socket activation (`LISTEN_FDS`),
