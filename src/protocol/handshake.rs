@@ -216,11 +216,10 @@ impl LocalDh {
             });
         }
 
-        let private = PrivateValue::generate().map_err(io::Error::other)?;
-        let y = private.public_value();
+        let pair = super::ephemeral::take().map_err(io::Error::other)?;
         Ok(LocalDh {
-            private: Some(private),
-            y,
+            private: Some(pair.private),
+            y: pair.y,
         })
     }
 

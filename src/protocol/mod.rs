@@ -5,6 +5,7 @@
 //! stream it is given; the data path lives in [`crate::connection`].
 
 pub mod dh;
+pub mod ephemeral;
 pub mod handshake;
 pub mod key;
 pub mod packet;
