@@ -313,6 +313,7 @@ async fn setup_decrypt(
                     .map_err(SetupError::Handshake)?;
                 let index = proven.key_index();
                 let target = settings.dial().await.map_err(SetupError::Dial)?;
+                let _permit = settings.handshake_permit().await;
                 let session = proven
                     .finish(accepted)
                     .await

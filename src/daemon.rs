@@ -2,6 +2,8 @@
 //! the way out.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -61,12 +63,38 @@ impl Signals {
     }
 }
 
+/// Set by a SIGTERM or SIGINT that arrives before the daemon's own
+/// handlers exist, so that it still means "stop".
+static EARLY_STOP: LazyLock<Arc<AtomicBool>> =
+    LazyLock::new(|| Arc::new(AtomicBool::new(false)));
+
+/// Catches SIGTERM, SIGINT and SIGHUP from the start of `spipes run`,
+/// before the runtime and its handlers exist, so that none of them kills
+/// the process by its default action: a stop request is remembered and
+/// honoured once the daemon runs, and a reload request needs nothing,
+/// since the config is read after this. SIGHUP goes last, so that a
+/// process that catches SIGHUP (as `/proc/PID/status` shows) catches all
+/// three.
+pub fn catch_early_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+    for signal in [SIGTERM, SIGINT] {
+        let _ = signal_hook::flag::register(signal, EARLY_STOP.clone());
+    }
+    let ignored = Arc::new(AtomicBool::new(false));
+    let _ = signal_hook::flag::register(SIGHUP, ignored);
+}
+
 /// Runs the daemon until SIGTERM or SIGINT, then drains and returns.
 ///
 /// Must run inside a tokio runtime. Not meant to be cancelled: it owns the
 /// process's pipes.
 pub async fn run(path: &Path) -> Result<(), StartError> {
     let mut signals = Signals::install().map_err(StartError::Signals)?;
+    if EARLY_STOP.load(Ordering::Relaxed) {
+        tracing::info!("stop requested during start-up");
+        return Ok(());
+    }
     let mut files = Files::new(path).map_err(StartError::Watch)?;
     let config = load(path)?;
     files.follow(&config);
@@ -74,6 +102,7 @@ pub async fn run(path: &Path) -> Result<(), StartError> {
     let mut supervisor = Supervisor::start(config).await?;
     let _services = services.start(supervisor.board()).await?;
 
+    crate::protocol::ephemeral::refill_in_background();
     let status = status_line(&supervisor);
     tracing::info!("ready: {status}");
     systemd::ready(&status);

@@ -6,15 +6,10 @@ use clap::Parser;
 use spipes::cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    // First of all, so that a SIGHUP during start-up (an early reload
-    // request) cannot kill the process by its default action; the daemon
-    // installs its real handler once its runtime runs.
-    let _ = signal_hook::flag::register(
-        signal_hook::consts::SIGHUP,
-        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
-    );
-
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Run { .. }) {
+        spipes::daemon::catch_early_signals();
+    }
     if let Err(e) =
         spipes::logging::init(cli.log_level.as_deref(), cli.log_format)
     {
