@@ -20,6 +20,8 @@
 //! - `SPIPES_BENCH_ROUNDS` (default 3): rounds per compared metric.
 //! - `SPIPES_BENCH_SCALE` (default 1): multiplies byte counts and
 //!   iteration counts, e.g. `0.1` for a quick smoke run.
+//! - `SPIPES_BENCH_BIN`: another spipes binary to run instead of the one
+//!   cargo built (a build of a changed copy, for before/after numbers).
 //! - arguments after `--`: only the named sections, out of `throughput`,
 //!   `handshake`, `burst`, `latency`, `rss`, `pipes1000`, `conns10k`.
 //!
@@ -573,9 +575,17 @@ fn spipes_head(fs_on: bool) -> String {
     )
 }
 
+/// The spipes binary: the one cargo built for this bench, or
+/// `SPIPES_BENCH_BIN` (to compare a build of a changed copy).
+fn spipes_bin() -> PathBuf {
+    std::env::var_os("SPIPES_BENCH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_spipes")))
+}
+
 /// Starts `spipes run -c CONFIG` and waits for READY=1.
 fn start_spipes(label: &str, config: &Path) -> Result<(Daemon, Duration)> {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_spipes"));
+    let mut cmd = Command::new(spipes_bin());
     cmd.args(["--log-level", "info", "run", "-c"]).arg(config);
     let t0 = Instant::now();
     let mut d = Daemon::spawn(label, cmd, true)?;
@@ -1755,77 +1765,121 @@ impl Bench {
     }
 
     /// 10,000 connections at once across 50 pipe pairs, spipes only.
+    ///
+    /// Each end holds two sockets per connection, so one process can hold
+    /// at most (RLIMIT_NOFILE - 200) / 2 connections; where the hard
+    /// limit cannot be raised that far, the 50 pipes of each end are
+    /// spread over as few processes as fit. The backend runs in a child
+    /// process, since this process already holds the 10,000 clients.
     fn conns10k(&mut self) -> Result<()> {
         let (n, pipes) = (self.plan.big_conns, self.plan.big_pipes);
         let limit = nofile_soft();
-        let need = 2 * n as u64 + 1000;
-        if limit < need {
-            bail!(
-                "RLIMIT_NOFILE is {limit}, below the {need} this needs; run \
-                 as root (the bench raises it with prlimit) or raise the \
-                 hard limit"
-            );
-        }
+        ensure!(
+            limit >= n as u64 + 500,
+            "RLIMIT_NOFILE is {limit}: the clients alone need {}",
+            n + 500
+        );
+        let per_process = (limit.saturating_sub(200) / 2) as usize;
+        let procs = n.div_ceil(per_process.max(1)).clamp(1, pipes);
+
+        let backend = BackendChild::start()?;
         let ports = free_ports(2 * pipes)?;
         let (enc_ports, dec_ports) = ports.split_at(pipes);
         // Forward secrecy off: this measures holding connections, not
         // Diffie-Hellman speed (10,000 exchanges would take ~25 CPU-s).
-        let mut enc_cfg = spipes_head(false);
-        let mut dec_cfg = spipes_head(false);
+        let mut enc_cfg = vec![spipes_head(false); procs];
+        let mut dec_cfg = vec![spipes_head(false); procs];
         for i in 0..pipes {
-            enc_cfg += &pipe_toml(
+            enc_cfg[i % procs] += &pipe_toml(
                 &format!("e{i:02}"),
                 "encrypt",
                 enc_ports[i],
                 dec_ports[i],
                 &self.ws.key,
             );
-            dec_cfg += &pipe_toml(
+            dec_cfg[i % procs] += &pipe_toml(
                 &format!("d{i:02}"),
                 "decrypt",
                 dec_ports[i],
-                self.backend,
+                backend.port,
                 &self.ws.key,
             );
         }
-        let (ep, dp) =
-            (self.ws.path("10k-enc.toml"), self.ws.path("10k-dec.toml"));
-        fs::write(&ep, enc_cfg)?;
-        fs::write(&dp, dec_cfg)?;
-        let (dec, _) = start_spipes("spipes decrypt (10k)", &dp)?;
-        let (mut enc, _) = start_spipes("spipes encrypt (10k)", &ep)?;
-        let (r0e, r0d) = (enc.rss()?, dec.rss()?);
+        let mut daemons = Vec::new();
+        for (k, (e, d)) in enc_cfg.iter().zip(&dec_cfg).enumerate() {
+            let (ep, dp) = (
+                self.ws.path(&format!("10k-enc{k}.toml")),
+                self.ws.path(&format!("10k-dec{k}.toml")),
+            );
+            fs::write(&ep, e)?;
+            fs::write(&dp, d)?;
+            let dec = start_spipes(&format!("spipes decrypt {k} (10k)"), &dp)?;
+            let enc = start_spipes(&format!("spipes encrypt {k} (10k)"), &ep)?;
+            daemons.push((enc.0, dec.0));
+        }
+        let pids: Vec<u32> = daemons
+            .iter()
+            .flat_map(|(e, d)| [e.pid(), d.pid()])
+            .collect();
+        let rss0: Vec<u64> =
+            pids.iter().map(|&p| rss_kib(p)).collect::<Result<_>>()?;
 
-        progress!("opening {n} connections across {pipes} pipes at once");
+        progress!(
+            "opening {n} connections across {pipes} pipes at once \
+             ({procs} spipes process(es) per end; RLIMIT_NOFILE {limit})"
+        );
         let addrs: Vec<SocketAddr> =
             enc_ports.iter().map(|&p| local(p)).collect();
-        let held = hold_many(&self.rt, &addrs, n, &[enc.pid(), dec.pid()])?;
+        let held = hold_many(&self.rt, &addrs, n, &pids)?;
         let served = held.times.len();
         let failed = held.errors.len();
         let first = held.errors.first().cloned();
         let secs = held.secs;
-        let rss = (held.rss[0], held.rss[1]);
-        enc.check_alive()?;
+        for (e, d) in &mut daemons {
+            e.check_alive()?;
+            d.check_alive()?;
+        }
+        // RSS added per connection, per end, over all its processes.
+        let added = |end: usize| -> f64 {
+            let sum: i64 = (0..procs)
+                .map(|k| {
+                    held.rss[2 * k + end] as i64 - rss0[2 * k + end] as i64
+                })
+                .sum();
+            sum as f64 / n as f64
+        };
+        let (pe, pd) = (added(0), added(1));
         progress!(
             "{served} of {n} served, {failed} failed, in {secs:.2} s; RSS \
-             with all open: enc {} KiB dec {} KiB",
-            rss.0,
-            rss.1
+             added per connection: encrypt end {pe:.1} KiB, decrypt end \
+             {pd:.1} KiB"
         );
         if let Some(e) = &first {
             progress!("  first failure: {e}");
             self.errors
                 .push(format!("10k: {failed} failed, first: {e}"));
         }
+        drop(daemons);
+        drop(backend);
+
         let na = "n/a (would need 100 spiped processes)";
         let verdict = if served == n && failed == 0 {
             "met"
         } else {
             "MISSED"
         };
+        let split = if procs == 1 {
+            "one spipes process per end".to_owned()
+        } else {
+            format!(
+                "{procs} spipes processes per end, as RLIMIT_NOFILE \
+                 {limit} allows {per_process} connections per process"
+            )
+        };
         self.table.add_note(
             &format!(
-                "{n} connections at once across {pipes} pipes (FS off): served"
+                "{n} connections at once across {pipes} pipes (FS off; \
+                 {split}): served"
             ),
             None,
             Some(served as f64),
@@ -1846,16 +1900,103 @@ impl Bench {
             2,
             na.into(),
         );
-        let per = |a: u64, b: u64| (a as f64 - b as f64) / n as f64;
         self.table.add_note(
-            &format!("{n} connections: RSS per connection, encrypt / decrypt end, KiB"),
+            &format!(
+                "{n} connections: RSS added per connection, encrypt end, KiB"
+            ),
             None,
-            Some(per(rss.0, r0e)),
+            Some(pe),
             1,
-            format!("{na}; decrypt end {:.1}", per(rss.1, r0d)),
+            format!("{na}; decrypt end {pd:.1} KiB"),
         );
         Ok(())
     }
+}
+
+/// The echo/sink backend in a child process (this bench binary again,
+/// with [`BACKEND_CHILD`]), for tests where this process's descriptors
+/// are all needed for clients. It exits when its standard input closes,
+/// so it cannot outlive the bench.
+struct BackendChild {
+    child: Child,
+    port: u16,
+}
+
+/// The argument that makes this binary a backend child.
+const BACKEND_CHILD: &str = "--compare-backend-child";
+
+impl BackendChild {
+    fn start() -> Result<BackendChild> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg(BACKEND_CHILD)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        // The child prints its port as one line; read it with a deadline.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = match rx.recv_timeout(READY_TIMEOUT) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the backend child printed no port");
+            }
+        };
+        let port = line.trim().parse().with_context(|| {
+            let _ = child.kill();
+            format!("backend child said {line:?}")
+        })?;
+        Ok(BackendChild { child, port })
+    }
+}
+
+impl Drop for BackendChild {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        if wait_exit(&mut self.child, ms(2000)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Waits at most `within` for `child` to exit.
+fn wait_exit(
+    child: &mut Child,
+    within: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(ms(10));
+    }
+}
+
+/// The backend child's whole life: serve on an ephemeral port, print it,
+/// exit when standard input closes.
+fn backend_child() -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let port = start_backend(&rt)?;
+    println!("{port}");
+    std::io::stdout().flush()?;
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+    Ok(())
 }
 
 fn machine() -> String {
@@ -1887,14 +2028,18 @@ fn machine() -> String {
 }
 
 fn main() -> Result<()> {
+    if std::env::args().any(|a| a == BACKEND_CHILD) {
+        return backend_child();
+    }
     LazyLock::force(&START);
     let plan = Plan::from_env()?;
     let nofile = raise_nofile();
     let load_start = loadavg();
     progress!(
-        "{}; nofile {nofile}; load average {load_start}; rounds {}; \
-         sections {:?}",
+        "{}; spipes {}; nofile {nofile}; load average {load_start}; \
+         rounds {}; sections {:?}",
         machine(),
+        spipes_bin().display(),
         plan.rounds,
         plan.sections
     );
