@@ -20,6 +20,8 @@
 //! - `SPIPES_BENCH_ROUNDS` (default 3): rounds per compared metric.
 //! - `SPIPES_BENCH_SCALE` (default 1): multiplies byte counts and
 //!   iteration counts, e.g. `0.1` for a quick smoke run.
+//! - `SPIPES_BENCH_DECRYPT_TOML`: lines added to every spipes decrypt
+//!   pipe, e.g. `dial = "early"`.
 //! - `SPIPES_BENCH_BIN`: another spipes binary to run instead of the one
 //!   cargo built (a build of a changed copy, for before/after numbers).
 //! - arguments after `--`: only the named sections, out of `throughput`,
@@ -174,6 +176,12 @@ static CLK_TCK: LazyLock<f64> = LazyLock::new(|| {
 
 /// User plus system CPU seconds of process `pid`, all threads, so far.
 fn cpu_secs(pid: u32) -> Result<f64> {
+    let (user, system) = cpu_parts(pid)?;
+    Ok(user + system)
+}
+
+/// User and system CPU seconds of process `pid`, all threads, so far.
+fn cpu_parts(pid: u32) -> Result<(f64, f64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after = stat
         .rsplit_once(')')
@@ -183,7 +191,7 @@ fn cpu_secs(pid: u32) -> Result<f64> {
     // Field 3 (state) is f[0]; utime is field 14, stime field 15.
     let utime: f64 = f[11].parse()?;
     let stime: f64 = f[12].parse()?;
-    Ok((utime + stime) / *CLK_TCK)
+    Ok((utime / *CLK_TCK, stime / *CLK_TCK))
 }
 
 /// VmRSS of process `pid`, in KiB.
@@ -550,7 +558,8 @@ impl Workspace {
     }
 }
 
-/// One spipes pipe table.
+/// One spipes pipe table; a decrypt pipe gets `SPIPES_BENCH_DECRYPT_TOML`
+/// (TOML lines, e.g. `dial = "early"`) appended, for experiments.
 fn pipe_toml(
     name: &str,
     mode: &str,
@@ -558,9 +567,15 @@ fn pipe_toml(
     target: u16,
     key: &Path,
 ) -> String {
+    let extra = match mode {
+        "decrypt" => std::env::var("SPIPES_BENCH_DECRYPT_TOML")
+            .map(|v| v + "\n")
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
     format!(
         "[pipes.{name}]\nmode = \"{mode}\"\nsource = \"127.0.0.1:{source}\"\n\
-         target = \"127.0.0.1:{target}\"\nkey = \"{}\"\n\n",
+         target = \"127.0.0.1:{target}\"\nkey = \"{}\"\n{extra}\n",
         key.display()
     )
 }
@@ -676,6 +691,11 @@ impl Pair {
 
     fn cpu(&self) -> Result<(f64, f64)> {
         Ok((self.enc.cpu()?, self.dec.cpu()?))
+    }
+
+    /// (user, system) CPU seconds of each end.
+    fn cpu_parts(&self) -> Result<[(f64, f64); 2]> {
+        Ok([cpu_parts(self.enc.pid())?, cpu_parts(self.dec.pid())?])
     }
 
     fn check_alive(&mut self) -> Result<()> {
@@ -1290,22 +1310,32 @@ impl Bench {
                 let pair = &mut pairs[which as usize];
                 for &(conns, bytes) in &plan {
                     pair.check_alive()?;
-                    let mut start = (0.0, 0.0);
+                    let mut start = [(0.0, 0.0); 2];
                     let secs =
                         throughput(&self.rt, pair.entry, conns, bytes, || {
-                            start = pair.cpu()?;
+                            start = pair.cpu_parts()?;
                             Ok(())
                         })?;
-                    let (e0, d0) = start;
-                    let (e1, d1) = pair.cpu()?;
+                    let end = pair.cpu_parts()?;
+                    let (e0, d0) =
+                        (start[0].0 + start[0].1, start[1].0 + start[1].1);
+                    let user_share = |i: usize| {
+                        let u = end[i].0 - start[i].0;
+                        let t = u + end[i].1 - start[i].1;
+                        if t > 0.0 { 100.0 * u / t } else { f64::NAN }
+                    };
+                    let (e1, d1) = (end[0].0 + end[0].1, end[1].0 + end[1].1);
                     let moved = (bytes / conns as u64 * conns as u64) as f64;
                     let mbs = moved / 1e6 / secs;
                     let gb = moved / 1e9;
                     let (ce, cd) = ((e1 - e0) / gb, (d1 - d0) / gb);
                     progress!(
                         "round {r} {} {conns} conn: {mbs:.0} MB/s, CPU-s/GB \
-                         enc {ce:.2} dec {cd:.2} (load {})",
+                         enc {ce:.2} dec {cd:.2} (user {:.0}% / {:.0}%) \
+                         (load {})",
                         which.name(),
+                        user_share(0),
+                        user_share(1),
                         loadavg()
                     );
                     s.push(which, &format!("mbs{conns}"), mbs);
@@ -1496,7 +1526,10 @@ impl Bench {
         let mut s = Samples::default();
         let (warm, iters) = (self.plan.rtt_warmup, self.plan.rtt_iters);
         let direct = local(self.backend);
-        for r in 0..self.plan.rounds {
+        // Round trips are short and noisy on a shared box: at least five
+        // rounds, alternating as everywhere.
+        let rounds = self.plan.rounds.max(5);
+        for r in 0..rounds {
             for which in order(r) {
                 let pair = &mut pairs[which as usize];
                 pair.check_alive()?;
@@ -1532,7 +1565,9 @@ impl Bench {
         for (key, metric, goal) in rows {
             let (a, b) = s.both(key);
             self.table.add(
-                &format!("{metric} ({iters} round trips)"),
+                &format!(
+                    "{metric} ({iters} round trips, median of {rounds} rounds)"
+                ),
                 a,
                 b,
                 0,
