@@ -116,17 +116,19 @@ a         decrypt  /run/spipes/a.sock -> 127.0.0.1:1
     assert_eq!(fs::read(&key).expect("read key").len(), 32);
 }
 
-#[test]
-fn check_missing_key_file_exits_1_with_the_error() {
-    let ws = Workspace::new();
-    let toml = "\
+/// One encrypt pipe whose key file, `missing.key`, does not exist.
+const MISSING_KEY_TOML: &str = "\
 [pipes.web]
 mode = \"encrypt\"
 source = \"127.0.0.1:9080\"
 target = \"127.0.0.1:9081\"
 key = \"missing.key\"
 ";
-    let config = ws.write_config("spipes.toml", toml);
+
+#[test]
+fn check_missing_key_file_exits_1_with_the_error() {
+    let ws = Workspace::new();
+    let config = ws.write_config("spipes.toml", MISSING_KEY_TOML);
     let o = check(&config);
     assert_eq!(o.status.code(), Some(1), "stderr: {}", stderr(&o));
     assert_eq!(stdout(&o), "", "no pipe is listed for a bad config");
@@ -399,14 +401,7 @@ fn failed_start_removes_the_socket_files_it_created() {
 #[test]
 fn run_with_a_bad_config_prints_what_check_prints() {
     let ws = Workspace::new();
-    let toml = "\
-[pipes.web]
-mode = \"encrypt\"
-source = \"127.0.0.1:9080\"
-target = \"127.0.0.1:9081\"
-key = \"missing.key\"
-";
-    let config = ws.write_config("spipes.toml", toml);
+    let config = ws.write_config("spipes.toml", MISSING_KEY_TOML);
     let checked = check(&config);
     assert_eq!(checked.status.code(), Some(1));
     let log = failed_start(&config);

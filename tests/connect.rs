@@ -5,17 +5,16 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
     Backend, Behavior, Endpoint, Spiped, Spipes, Workspace, free_port,
-    free_port_v6, pipe_toml, random_bytes, require_binary, sha256,
-    spipes_command, wait_child,
+    free_port_v6, output_with_stdin, pipe_toml, random_bytes, require_binary,
+    sha256, spipes_command,
 };
 
 /// The longest one `spipes connect` run may take in these tests.
@@ -30,40 +29,12 @@ const BIG: usize = 8 * 1024 * 1024;
 fn run_connect(args: &[&str], input: Vec<u8>) -> Output {
     let mut cmd: Command = spipes_command();
     cmd.arg("connect").args(args);
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn spipes connect");
-    let mut stdin = child.stdin.take().expect("stdin is piped");
-    let mut stdout = child.stdout.take().expect("stdout is piped");
-    let mut stderr = child.stderr.take().expect("stderr is piped");
-    let writer = thread::spawn(move || {
-        // A failed handshake exits before reading: a broken pipe is fine.
-        let _ = stdin.write_all(&input);
-    });
-    let out = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stdout.read_to_end(&mut v);
-        v
-    });
-    let err = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stderr.read_to_end(&mut v);
-        v
-    });
-    let Some(status) = wait_child(&mut child, RUN_TIMEOUT) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("spipes connect {args:?} still ran after {RUN_TIMEOUT:?}");
-    };
-    writer.join().expect("stdin writer panicked");
-    Output {
-        status,
-        stdout: out.join().expect("stdout reader panicked"),
-        stderr: err.join().expect("stderr reader panicked"),
-    }
+    output_with_stdin(
+        &mut cmd,
+        input,
+        RUN_TIMEOUT,
+        &format!("spipes connect {args:?}"),
+    )
 }
 
 /// Standard error as text.
@@ -157,16 +128,21 @@ fn wrong_key_fails_and_nothing_reaches_the_backend() {
     assert_eq!(backend.bytes_received(), 0, "spiped log:\n{}", spiped.log());
 }
 
-#[test]
-fn forward_secrecy_required_refuses_a_fast_spiped() {
-    if require_binary("spiped").is_none() {
-        return;
-    }
+/// One `spipes connect --forward-secrecy FS` to a real `spiped -d` run
+/// with `spiped_flags` in front of a sink, which must exit 1. Returns
+/// the target, the output, and the sink and spiped (still running);
+/// `None` if spiped is not installed.
+fn refused_by_spiped(
+    spiped_flags: &[&str],
+    forward_secrecy: &str,
+) -> Option<(String, Output, Backend, Spiped)> {
+    require_binary("spiped")?;
     let ws = Workspace::new();
     let key = ws.write_key("k");
     let backend = Backend::sink();
     let source = Endpoint::free_tcp();
-    let _spiped = Spiped::decrypt(&source, backend.endpoint(), &key, &["-f"]);
+    let spiped =
+        Spiped::decrypt(&source, backend.endpoint(), &key, spiped_flags);
 
     let target = target_of(&source);
     let args = [
@@ -175,10 +151,20 @@ fn forward_secrecy_required_refuses_a_fast_spiped() {
         "-k",
         arg(&key),
         "--forward-secrecy",
-        "required",
+        forward_secrecy,
     ];
     let output = run_connect(&args, b"never sent".to_vec());
     assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    Some((target, output, backend, spiped))
+}
+
+#[test]
+fn forward_secrecy_required_refuses_a_fast_spiped() {
+    let Some((target, output, backend, _spiped)) =
+        refused_by_spiped(&["-f"], "required")
+    else {
+        return;
+    };
     assert_eq!(
         stderr_of(&output),
         format!(
@@ -192,19 +178,11 @@ fn forward_secrecy_required_refuses_a_fast_spiped() {
 
 #[test]
 fn forward_secrecy_off_is_refused_by_spiped_g() {
-    if require_binary("spiped").is_none() {
+    let Some((target, output, backend, _spiped)) =
+        refused_by_spiped(&["-g"], "off")
+    else {
         return;
-    }
-    let ws = Workspace::new();
-    let key = ws.write_key("k");
-    let backend = Backend::sink();
-    let source = Endpoint::free_tcp();
-    let _spiped = Spiped::decrypt(&source, backend.endpoint(), &key, &["-g"]);
-
-    let target = target_of(&source);
-    let args = ["-t", &target, "-k", arg(&key), "--forward-secrecy", "off"];
-    let output = run_connect(&args, b"never sent".to_vec());
-    assert_eq!(output.status.code(), Some(1), "{}", stderr_of(&output));
+    };
     let err = stderr_of(&output);
     assert!(
         err.starts_with(&format!("spipes: handshake with {target} failed: ")),

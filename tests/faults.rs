@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use common::{
     Backend, Endpoint, Prng, Seen, Signal, Spipes, Workspace, exchange,
-    expect_closed, pipe_toml, read_hashed, send_signal, wait_until,
+    expect_closed, fd_count, free_endpoints, pipe_toml, read_hashed, rss_kib,
+    send_signal, tcp_addr, wait_until,
 };
 use sha2::{Digest, Sha256};
 
@@ -35,46 +36,6 @@ use sha2::{Digest, Sha256};
 
 /// How often the bounded polls below look again.
 const POLL: Duration = Duration::from_millis(10);
-
-/// `n` distinct free loopback endpoints: all are bound at once before
-/// any is released, so no two are the same port.
-fn free_endpoints<const N: usize>() -> [Endpoint; N] {
-    let listeners: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
-    let endpoints: Vec<Endpoint> = listeners
-        .iter()
-        .map(|l| Endpoint::Tcp(l.local_addr().expect("local address")))
-        .collect();
-    endpoints.try_into().expect("N endpoints")
-}
-
-/// The socket address of a TCP endpoint.
-fn addr(endpoint: &Endpoint) -> SocketAddr {
-    match endpoint {
-        Endpoint::Tcp(a) => *a,
-        Endpoint::Unix(p) => panic!("{} is not a TCP endpoint", p.display()),
-    }
-}
-
-/// Open descriptors of process `pid`.
-fn fd_count(pid: u32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap_or_else(|e| panic!("cannot list /proc/{pid}/fd: {e}"))
-        .count()
-}
-
-/// Resident set size of process `pid`, in KiB (`VmRSS`).
-fn rss_kib(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS in /proc/PID/status")
-}
 
 /// User plus system CPU time of process `pid` so far.
 fn cpu_time(pid: u32) -> Duration {
@@ -141,6 +102,31 @@ impl SteadyPair {
                 &[],
             )
     }
+}
+
+/// The `[daemon]` table, the steady pair, and an encrypt pipe
+/// `NAME_enc` on `enc` chained into a decrypt pipe `NAME_dec` on `dec`
+/// in front of `echo`, with no connection limit and a `timeout` (in
+/// seconds).
+fn unlimited_pair_toml(
+    pair: &SteadyPair,
+    key: &Path,
+    name: &str,
+    [enc, dec]: [&Endpoint; 2],
+    echo: &Backend,
+    timeout: &str,
+) -> String {
+    String::from(DAEMON)
+        + &pair.toml(key)
+        + &pipe_toml(&format!("{name}_enc"), "encrypt", enc, dec, key, &[])
+        + &pipe_toml(
+            &format!("{name}_dec"),
+            "decrypt",
+            dec,
+            echo.endpoint(),
+            key,
+            &[("max_connections", "0"), ("timeout", timeout)],
+        )
 }
 
 /// A paced, hash-checked stream through the steady pair: a writer sends
@@ -563,7 +549,7 @@ fn resets_mid_stream_leak_nothing() {
     let workers: Vec<_> = (0..THREADS)
         .map(|_| {
             let (done, failures) = (done.clone(), failures.clone());
-            let (plain, wire) = (addr(&r_enc), addr(&r_dec));
+            let (plain, wire) = (tcp_addr(&r_enc), tcp_addr(&r_dec));
             thread::spawn(move || {
                 let mut rng = Prng::new();
                 for _ in 0..CONNECTIONS / THREADS {
@@ -672,17 +658,14 @@ fn idle_peers_do_not_lock_out_clients() {
     let pair = SteadyPair::new();
     let [idle_enc, idle_dec] = free_endpoints();
     let echo = Backend::echo();
-    let toml = String::from(DAEMON)
-        + &pair.toml(&key)
-        + &pipe_toml("idle_enc", "encrypt", &idle_enc, &idle_dec, &key, &[])
-        + &pipe_toml(
-            "idle_dec",
-            "decrypt",
-            &idle_dec,
-            echo.endpoint(),
-            &key,
-            &[("max_connections", "0"), ("timeout", "1")],
-        );
+    let toml = unlimited_pair_toml(
+        &pair,
+        &key,
+        "idle",
+        [&idle_enc, &idle_dec],
+        &echo,
+        "1",
+    );
     let config = ws.write_config("spipes.toml", &toml);
     let mut spipes = Spipes::start(&config);
     let steady = Steady::start(&pair.enc, 1 << 20);
@@ -692,7 +675,9 @@ fn idle_peers_do_not_lock_out_clients() {
     let mark = steady.received();
     let started = Instant::now();
     let peers: Vec<TcpStream> = (0..PEERS)
-        .map(|_| TcpStream::connect(addr(&idle_dec)).expect("connect a peer"))
+        .map(|_| {
+            TcpStream::connect(tcp_addr(&idle_dec)).expect("connect a peer")
+        })
         .collect();
     eprintln!("{PEERS} idle peers connected in {:?}", started.elapsed());
 
@@ -786,7 +771,7 @@ fn handshake_flood_does_not_starve_established_connections() {
     let flood_thread = {
         let (stop, handshakes, errors) =
             (stop.clone(), handshakes.clone(), errors.clone());
-        let target = addr(&flood);
+        let target = tcp_addr(&flood);
         thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -902,17 +887,8 @@ fn descriptor_exhaustion_backs_off_and_recovers() {
     let pair = SteadyPair::new();
     let [ex_enc, ex_dec] = free_endpoints();
     let echo = Backend::echo();
-    let toml = String::from(DAEMON)
-        + &pair.toml(&key)
-        + &pipe_toml("ex_enc", "encrypt", &ex_enc, &ex_dec, &key, &[])
-        + &pipe_toml(
-            "ex_dec",
-            "decrypt",
-            &ex_dec,
-            echo.endpoint(),
-            &key,
-            &[("max_connections", "0"), ("timeout", "60")],
-        );
+    let toml =
+        unlimited_pair_toml(&pair, &key, "ex", [&ex_enc, &ex_dec], &echo, "60");
     let config = ws.write_config("spipes.toml", &toml);
     let mut spipes = Spipes::start(&config);
     // A slow stream, so that its own CPU cost stays well below the bound.
@@ -934,13 +910,13 @@ fn descriptor_exhaustion_backs_off_and_recovers() {
     // that wait in the backlog.
     let mut peers = Vec::new();
     while fd_count(pid) < LIMIT && peers.len() < 4 * LIMIT {
-        peers.push(TcpStream::connect(addr(&ex_dec)).expect("connect"));
+        peers.push(TcpStream::connect(tcp_addr(&ex_dec)).expect("connect"));
         wait_until(Duration::from_millis(200), || {
             fd_count(pid) >= (baseline + peers.len()).min(LIMIT)
         });
     }
     for _ in 0..16 {
-        peers.push(TcpStream::connect(addr(&ex_dec)).expect("connect"));
+        peers.push(TcpStream::connect(tcp_addr(&ex_dec)).expect("connect"));
     }
     assert!(
         wait_until(Duration::from_secs(10), || spipes

@@ -4,14 +4,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Output, Stdio};
-use std::thread;
+use std::process::Output;
 use std::time::Duration;
 
 use common::{
-    Workspace, output_within, spipes_command, toml_string, wait_child,
+    Workspace, output_with_stdin, output_within, spipes_command, toml_string,
 };
 
 /// The longest one import or check may take.
@@ -24,42 +22,14 @@ const HEADER: &str = "# Pipes converted by `spipes import` from spiped \
 
 /// Runs `spipes import ARGS` with `input` on standard input.
 fn import_stdin(input: &str, args: &[&str]) -> Output {
-    let mut child = spipes_command()
-        .arg("import")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn spipes import");
-    let mut stdin = child.stdin.take().expect("stdin is piped");
-    let mut stdout = child.stdout.take().expect("stdout is piped");
-    let mut stderr = child.stderr.take().expect("stderr is piped");
-    let input = input.as_bytes().to_vec();
-    let writer = thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let out = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stdout.read_to_end(&mut v);
-        v
-    });
-    let err = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stderr.read_to_end(&mut v);
-        v
-    });
-    let Some(status) = wait_child(&mut child, RUN_TIMEOUT) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("spipes import still ran after {RUN_TIMEOUT:?}");
-    };
-    writer.join().expect("writer panicked");
-    Output {
-        status,
-        stdout: out.join().expect("stdout reader panicked"),
-        stderr: err.join().expect("stderr reader panicked"),
-    }
+    let mut cmd = spipes_command();
+    cmd.arg("import").args(args);
+    output_with_stdin(
+        &mut cmd,
+        input.as_bytes().to_vec(),
+        RUN_TIMEOUT,
+        "spipes import",
+    )
 }
 
 /// Runs `spipes import FILES...`.

@@ -14,13 +14,10 @@ mod common;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::thread;
 
 use common::{
-    EXIT_TIMEOUT, Endpoint, READY_TIMEOUT, Signal, Spiped, Spipes, Workspace,
-    hex, pipe_toml, random_bytes, require_binary, send_signal, sha256,
-    wait_child, wait_until,
+    Endpoint, Nginx, Spiped, Spipes, Workspace, hex, nginx_conf, pipe_toml,
+    random_bytes, require_binary, sha256,
 };
 
 /// The Host header the front end sets; the back end must see exactly it.
@@ -35,123 +32,23 @@ const PAGE_LEN: usize = 1024 * 1024 + 17;
 /// each makes a new pipe connection and handshake.
 const PAGE_REQUESTS: usize = 3;
 
-/// A running nginx in the foreground (`daemon off`) as one process
-/// (`master_process off`), so that stopping it leaves no worker behind.
-/// Every file it reads or writes is inside its own workspace.
-struct Nginx {
-    child: Child,
-    dir: Workspace,
+/// Starts nginx with the `server { ... }` block that `server` returns
+/// for the workspace, listening on `endpoint` (see [`Nginx::start`]).
+fn start_nginx(
+    bin: &Path,
     endpoint: Endpoint,
-}
-
-impl Nginx {
-    /// Starts nginx with the `server { ... }` block that `server` returns
-    /// for the workspace, listening on `endpoint`, and waits (at most
-    /// [`READY_TIMEOUT`]) for the socket to listen.
-    fn start(
-        bin: &Path,
-        endpoint: Endpoint,
-        server: impl FnOnce(&Workspace) -> String,
-    ) -> Nginx {
-        let dir = Workspace::new();
-        let conf = nginx_conf(&dir, &server(&dir));
-        let conf = dir.write_config("nginx.conf", &conf);
-        let child = Command::new(bin)
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(&conf)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .arg("-g")
-            .arg("daemon off;")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nginx");
-        let mut nginx = Nginx {
-            child,
-            dir,
-            endpoint,
-        };
-        nginx.wait_listening();
-        nginx
-    }
-
-    /// Waits for the listening socket, failing at once if nginx exits.
-    fn wait_listening(&mut self) {
-        let (child, endpoint) = (&mut self.child, &self.endpoint);
-        let mut exited = None;
-        let listening = wait_until(READY_TIMEOUT, || {
-            exited = child.try_wait().expect("try_wait on nginx");
-            exited.is_some() || endpoint.is_listening()
-        });
-        assert!(
-            exited.is_none() && listening,
-            "nginx on {} did not start within {READY_TIMEOUT:?} (exit: \
-             {exited:?}); error log:\n{}",
-            self.endpoint,
-            self.error_log()
-        );
-    }
-
-    /// What nginx logged so far.
-    fn error_log(&self) -> String {
-        fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM is nginx's fast shutdown; SIGKILL if it does not exit.
-        if self.child.try_wait().ok().flatten().is_none() {
-            send_signal(self.child.id(), Signal::Term);
-            if wait_child(&mut self.child, EXIT_TIMEOUT).is_none() {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-        }
-        if thread::panicking() {
-            eprintln!(
-                "--- nginx {} error log ---\n{}--- end ---",
-                self.endpoint,
-                self.error_log()
-            );
-        }
-    }
-}
-
-/// The whole nginx.conf around one `server` block: the pid file, the
-/// logs and every temp folder inside `dir`, so nothing outside is written.
-fn nginx_conf(dir: &Workspace, server: &str) -> String {
-    let d = dir.path().display();
-    format!(
-        "master_process off;
-pid {d}/nginx.pid;
-error_log {d}/error.log info;
-events {{
-    worker_connections 64;
-}}
-http {{
-    access_log {d}/access.log;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    default_type application/octet-stream;
-{server}
-}}
-"
-    )
+    server: impl FnOnce(&Workspace) -> String,
+) -> Nginx {
+    Nginx::start(bin, endpoint, |dir| {
+        nginx_conf(dir, "", "application/octet-stream", &server(dir))
+    })
 }
 
 /// The back end, with `page` as `/page.bin`: it answers `/host` with the
 /// Host header it received, and names that header on every reply.
 fn start_backend(nginx: &Path, page: &[u8]) -> Nginx {
     let endpoint = Endpoint::free_tcp();
-    Nginx::start(nginx, endpoint.clone(), |dir| {
+    start_nginx(nginx, endpoint.clone(), |dir| {
         let root = dir.join("www");
         fs::create_dir(&root).expect("create the document root");
         fs::write(root.join("page.bin"), page).expect("write the page");
@@ -173,7 +70,7 @@ fn start_backend(nginx: &Path, page: &[u8]) -> Nginx {
 /// setting the Host header, as `examples/nginx/frontend.conf` does.
 fn start_frontend(nginx: &Path, upstream: &Endpoint) -> Nginx {
     let endpoint = Endpoint::free_tcp();
-    Nginx::start(nginx, endpoint.clone(), |_| {
+    start_nginx(nginx, endpoint.clone(), |_| {
         format!(
             "server {{
     listen {endpoint};
@@ -254,7 +151,7 @@ fn parse_response(raw: &[u8]) -> Response {
 /// the page arrives byte for byte and the Host header intact.
 fn check_deployment(frontend: &Nginx, page: &[u8]) {
     for i in 0..PAGE_REQUESTS {
-        let r = get(&frontend.endpoint, "/page.bin");
+        let r = get(frontend.endpoint(), "/page.bin");
         assert_eq!(r.status, 200, "page request {i}: status {}", r.status);
         assert_eq!(
             r.header("content-length"),
@@ -275,7 +172,7 @@ fn check_deployment(frontend: &Nginx, page: &[u8]) {
         );
     }
 
-    let r = get(&frontend.endpoint, "/host");
+    let r = get(frontend.endpoint(), "/host");
     assert_eq!(r.status, 200, "/host: status {}", r.status);
     assert_eq!(
         String::from_utf8_lossy(&r.body),
@@ -306,7 +203,7 @@ fn nginx_to_nginx_through_spipes_at_both_ends() {
     let key = ws.write_key("web.key");
     let (encrypt, decrypt) = (Endpoint::free_tcp(), Endpoint::free_tcp());
     let back =
-        pipe_toml("web", "decrypt", &decrypt, &backend.endpoint, &key, &[]);
+        pipe_toml("web", "decrypt", &decrypt, backend.endpoint(), &key, &[]);
     let mut back = Spipes::start(&spipes_config(&ws, "back.toml", back));
     let front = pipe_toml("web", "encrypt", &encrypt, &decrypt, &key, &[]);
     let mut front = Spipes::start(&spipes_config(&ws, "front.toml", front));
@@ -337,7 +234,7 @@ fn nginx_to_nginx_through_spipes_and_real_spiped() {
     let ws = Workspace::new();
     let key = ws.write_key("web.key");
     let (encrypt, decrypt) = (Endpoint::free_tcp(), Endpoint::free_tcp());
-    let _spiped = Spiped::decrypt(&decrypt, &backend.endpoint, &key, &[]);
+    let _spiped = Spiped::decrypt(&decrypt, backend.endpoint(), &key, &[]);
     let front = pipe_toml("web", "encrypt", &encrypt, &decrypt, &key, &[]);
     let mut front = Spipes::start(&spipes_config(&ws, "front.toml", front));
 

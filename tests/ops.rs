@@ -12,15 +12,14 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    Backend, EXIT_TIMEOUT, Endpoint, IO_TIMEOUT, READY_TIMEOUT, Signal, Spiped,
-    Spipes, Workspace, exchange, expect_closed, free_port, hex, output_within,
-    pipe_toml, require_binary, send_signal, sha256, spipes_command,
-    toml_string, wait_child, wait_until,
+    Backend, Endpoint, IO_TIMEOUT, Nginx, Spiped, Spipes, Workspace, exchange,
+    expect_closed, free_port, hex, nginx_conf, output_within, pipe_toml,
+    require_binary, sha256, spipes_command, toml_string, wait_until,
 };
 
 /// The longest a one-shot command (`status`, `connect`) may take.
@@ -157,92 +156,6 @@ fn scrape(port: u16) -> String {
 /// Whether the exposition `body` has exactly the sample `line`.
 fn has_sample(body: &str, line: &str) -> bool {
     body.lines().any(|l| l == line)
-}
-
-/// A running nginx in the foreground as one process, as root, every file
-/// it writes inside its own workspace.
-struct Nginx {
-    child: Child,
-    dir: Workspace,
-}
-
-impl Nginx {
-    /// Starts nginx with `server` as its one server block, and waits for
-    /// `listen` to listen.
-    fn start(bin: &Path, listen: &Endpoint, server: &str) -> Nginx {
-        let dir = Workspace::new();
-        let d = dir.path().display();
-        let conf = format!(
-            "user root;
-master_process off;
-pid {d}/nginx.pid;
-error_log {d}/error.log info;
-events {{
-    worker_connections 64;
-}}
-http {{
-    access_log {d}/access.log;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    default_type text/plain;
-{server}
-}}
-"
-        );
-        let conf = dir.write_config("nginx.conf", &conf);
-        let child = Command::new(bin)
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(&conf)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .arg("-g")
-            .arg("daemon off;")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nginx");
-        let mut nginx = Nginx { child, dir };
-        let mut exited = None;
-        let child = &mut nginx.child;
-        let up = wait_until(READY_TIMEOUT, || {
-            exited = child.try_wait().expect("try_wait on nginx");
-            exited.is_some() || listen.is_listening()
-        });
-        assert!(
-            up && exited.is_none(),
-            "nginx did not listen on {listen} (exit {exited:?}); log:\n{}",
-            nginx.error_log()
-        );
-        nginx
-    }
-
-    fn error_log(&self) -> String {
-        fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            send_signal(self.child.id(), Signal::Term);
-            if wait_child(&mut self.child, EXIT_TIMEOUT).is_none() {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-        }
-        if thread::panicking() {
-            eprintln!(
-                "--- nginx error log ---\n{}--- end ---",
-                self.error_log()
-            );
-        }
-    }
 }
 
 /// A GET through `via`; returns the client socket's own address as
@@ -440,18 +353,18 @@ fn proxy_protocol_reaches_nginx_through_spipes_and_spiped() {
     let key = ws.write_key("k");
 
     let web = Endpoint::free_tcp();
-    let _nginx = Nginx::start(
-        &nginx_bin,
-        &web,
-        &format!(
-            "server {{
+    let server = format!(
+        "server {{
     listen {web} proxy_protocol;
     location / {{
         return 200 \"$proxy_protocol_addr:$proxy_protocol_port\";
     }}
 }}"
-        ),
     );
+    // As root (`user root;`), so nginx may read what it is given.
+    let _nginx = Nginx::start(&nginx_bin, web.clone(), |dir| {
+        nginx_conf(dir, "user root;\n", "text/plain", &server)
+    });
 
     // The decrypt end: a spipes pipe, or the real spiped.
     let dec_spipes = Endpoint::free_tcp();

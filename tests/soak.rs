@@ -17,7 +17,6 @@
 
 mod common;
 
-use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -26,52 +25,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    Endpoint, Prng, Spiped, Spipes, Workspace, exchange, pipe_toml,
-    require_binary, wait_until,
+    Endpoint, Prng, Spiped, Spipes, Workspace, exchange, fd_count,
+    free_endpoints, pipe_toml, require_binary, rss_kib, tcp_addr, wait_until,
 };
 
 // ---------------------------------------------------------------------
 // Helpers (candidates for tests/common)
 // ---------------------------------------------------------------------
-
-/// `N` distinct free loopback endpoints (all bound at once first).
-fn free_endpoints<const N: usize>() -> [Endpoint; N] {
-    let listeners: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
-    let endpoints: Vec<Endpoint> = listeners
-        .iter()
-        .map(|l| Endpoint::Tcp(l.local_addr().expect("local address")))
-        .collect();
-    endpoints.try_into().expect("N endpoints")
-}
-
-/// The socket address of a TCP endpoint.
-fn addr(endpoint: &Endpoint) -> SocketAddr {
-    match endpoint {
-        Endpoint::Tcp(a) => *a,
-        Endpoint::Unix(p) => panic!("{} is not a TCP endpoint", p.display()),
-    }
-}
-
-/// Open descriptors of process `pid`.
-fn fd_count(pid: u32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap_or_else(|e| panic!("cannot list /proc/{pid}/fd: {e}"))
-        .count()
-}
-
-/// Resident set size of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS in /proc/PID/status")
-}
 
 /// Samples a process's RSS every 100 ms on a thread until stopped.
 struct RssSampler {
@@ -168,7 +128,7 @@ impl Drop for Echo {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         // Wake the accept; it sees the flag and returns.
-        if TcpStream::connect(addr(&self.endpoint)).is_ok()
+        if TcpStream::connect(tcp_addr(&self.endpoint)).is_ok()
             && let Some(t) = self.thread.take()
         {
             let _ = t.join();
@@ -226,7 +186,8 @@ fn hundred_thousand_short_connections() {
 
     // Warm up, then take the baseline.
     for _ in 0..100 {
-        short_connection(addr(&enc), b"warm up").expect("warm-up connection");
+        short_connection(tcp_addr(&enc), b"warm up")
+            .expect("warm-up connection");
     }
     assert!(wait_until(Duration::from_secs(10), || fd_count(pid) <= 40));
     let (fd_base, rss_base) = (fd_count(pid), rss_kib(pid));
@@ -240,7 +201,7 @@ fn hundred_thousand_short_connections() {
         .map(|_| {
             let (next, ok, failures) =
                 (next.clone(), ok.clone(), failures.clone());
-            let target = addr(&enc);
+            let target = tcp_addr(&enc);
             thread::spawn(move || {
                 let mut rng = Prng::new();
                 let mut data = vec![0u8; 4096];

@@ -307,6 +307,24 @@ fn assert_ready(m: &Message, when: &str) {
     );
 }
 
+/// Sends SIGTERM: the daemon must send `STOPPING=1` and exit 0.
+fn assert_stops_cleanly(daemon: &mut Daemon, notify: &NotifySocket) {
+    daemon.signal(Signal::Term);
+    let stopping = notify.next(daemon, EXIT_TIMEOUT);
+    assert!(
+        stopping.has("STOPPING", "1"),
+        "after SIGTERM: expected STOPPING=1, got {:?}",
+        stopping.raw
+    );
+    let status = daemon.wait_exit();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit after SIGTERM: {status}; log:\n{}",
+        daemon.log()
+    );
+}
+
 /// Asserts `m` starts a reload (RELOADING=1 with MONOTONIC_USEC=, all
 /// digits) and returns the monotonic time.
 fn assert_reloading(m: &Message) -> u64 {
@@ -399,20 +417,7 @@ fn notify_sequence_ready_reload_stopping() {
         );
     }
 
-    daemon.signal(Signal::Term);
-    let stopping = notify.next(&mut daemon, EXIT_TIMEOUT);
-    assert!(
-        stopping.has("STOPPING", "1"),
-        "after SIGTERM: expected STOPPING=1, got {:?}",
-        stopping.raw
-    );
-    let status = daemon.wait_exit();
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "exit after SIGTERM: {status}; log:\n{}",
-        daemon.log()
-    );
+    assert_stops_cleanly(&mut daemon, &notify);
     let after: Vec<String> =
         notify.queued().into_iter().map(|m| m.raw).collect();
     assert!(
@@ -540,18 +545,5 @@ fn socket_activation_by_fd_name() {
         "the passed socket was left unused; log:\n{log}"
     );
 
-    daemon.signal(Signal::Term);
-    let stopping = notify.next(&mut daemon, EXIT_TIMEOUT);
-    assert!(
-        stopping.has("STOPPING", "1"),
-        "after SIGTERM: expected STOPPING=1, got {:?}",
-        stopping.raw
-    );
-    let status = daemon.wait_exit();
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "exit after SIGTERM: {status}; log:\n{}",
-        daemon.log()
-    );
+    assert_stops_cleanly(&mut daemon, &notify);
 }

@@ -143,6 +143,52 @@ pub fn output_within(cmd: &mut Command, timeout: Duration) -> Output {
     }
 }
 
+/// Runs `cmd` with `input` on its standard input (closed once written)
+/// and returns what it wrote and how it exited, as [`output_within`];
+/// panics (naming it `what`) if it runs longer than `timeout`, after
+/// killing it. A child that exits before reading all of `input` is fine.
+pub fn output_with_stdin(
+    cmd: &mut Command,
+    input: Vec<u8>,
+    timeout: Duration,
+    what: &str,
+) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let writer = thread::spawn(move || {
+        // A child may exit before reading: a broken pipe is fine.
+        let _ = stdin.write_all(&input);
+    });
+    let out = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stdout.read_to_end(&mut v);
+        v
+    });
+    let err = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stderr.read_to_end(&mut v);
+        v
+    });
+    let Some(status) = wait_child(&mut child, timeout) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{what} still ran after {timeout:?}");
+    };
+    writer.join().expect("stdin writer panicked");
+    Output {
+        status,
+        stdout: out.join().expect("stdout reader panicked"),
+        stderr: err.join().expect("stderr reader panicked"),
+    }
+}
+
 /// Waits for `child` to exit, at most `timeout`; `None` if it still runs.
 /// Polls, since std has no timed wait; the child is reaped here, so its
 /// pid is never signalled after it could be reused.
@@ -1471,4 +1517,176 @@ fn echo(conn: &mut Conn, counter: &AtomicU64) -> io::Result<(Seen, Seen)> {
 /// Whether `path` is a socket file.
 pub fn is_socket(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}
+
+// ---------------------------------------------------------------------
+// Loopback endpoints in bulk and /proc readers
+// ---------------------------------------------------------------------
+
+/// `n` distinct free loopback endpoints: all are bound at once before
+/// any is released, so no two are the same port.
+pub fn free_endpoints<const N: usize>() -> [Endpoint; N] {
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .collect();
+    let endpoints: Vec<Endpoint> = listeners
+        .iter()
+        .map(|l| Endpoint::Tcp(l.local_addr().expect("local address")))
+        .collect();
+    endpoints.try_into().expect("N endpoints")
+}
+
+/// The socket address of a TCP endpoint.
+pub fn tcp_addr(endpoint: &Endpoint) -> SocketAddr {
+    match endpoint {
+        Endpoint::Tcp(a) => *a,
+        Endpoint::Unix(p) => panic!("{} is not a TCP endpoint", p.display()),
+    }
+}
+
+/// Open descriptors of process `pid`.
+pub fn fd_count(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("cannot list /proc/{pid}/fd: {e}"))
+        .count()
+}
+
+/// Resident set size of process `pid`, in KiB (`VmRSS`).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+// ---------------------------------------------------------------------
+// nginx
+// ---------------------------------------------------------------------
+
+/// A running nginx in the foreground (`daemon off`) as one process
+/// (`master_process off`), so that stopping it leaves no worker behind.
+/// Every file it reads or writes is inside its own workspace.
+pub struct Nginx {
+    child: Child,
+    dir: Workspace,
+    endpoint: Endpoint,
+}
+
+impl Nginx {
+    /// Starts nginx with the whole nginx.conf that `conf` returns for the
+    /// workspace (see [`nginx_conf`]), listening on `endpoint`, and waits
+    /// (at most [`READY_TIMEOUT`]) for the socket to listen.
+    pub fn start(
+        bin: &Path,
+        endpoint: Endpoint,
+        conf: impl FnOnce(&Workspace) -> String,
+    ) -> Nginx {
+        let dir = Workspace::new();
+        let conf = conf(&dir);
+        let conf = dir.write_config("nginx.conf", &conf);
+        let child = Command::new(bin)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-g")
+            .arg("daemon off;")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nginx");
+        let mut nginx = Nginx {
+            child,
+            dir,
+            endpoint,
+        };
+        nginx.wait_listening();
+        nginx
+    }
+
+    /// Waits for the listening socket, failing at once if nginx exits.
+    fn wait_listening(&mut self) {
+        let (child, endpoint) = (&mut self.child, &self.endpoint);
+        let mut exited = None;
+        let listening = wait_until(READY_TIMEOUT, || {
+            exited = child.try_wait().expect("try_wait on nginx");
+            exited.is_some() || endpoint.is_listening()
+        });
+        assert!(
+            exited.is_none() && listening,
+            "nginx on {} did not start within {READY_TIMEOUT:?} (exit: \
+             {exited:?}); error log:\n{}",
+            self.endpoint,
+            self.error_log()
+        );
+    }
+
+    /// Where nginx listens.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// What nginx logged so far.
+    pub fn error_log(&self) -> String {
+        fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM is nginx's fast shutdown; SIGKILL if it does not exit.
+        if self.child.try_wait().ok().flatten().is_none() {
+            send_signal(self.child.id(), Signal::Term);
+            if wait_child(&mut self.child, EXIT_TIMEOUT).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+        if thread::panicking() {
+            eprintln!(
+                "--- nginx {} error log ---\n{}--- end ---",
+                self.endpoint,
+                self.error_log()
+            );
+        }
+    }
+}
+
+/// The whole nginx.conf around one `server` block: `main` (extra
+/// main-context directives, each ending in a newline, or empty) first,
+/// `default_type` for the `http` block, and the pid file, the logs and
+/// every temp folder inside `dir`, so nothing outside is written.
+pub fn nginx_conf(
+    dir: &Workspace,
+    main: &str,
+    default_type: &str,
+    server: &str,
+) -> String {
+    let d = dir.path().display();
+    format!(
+        "{main}master_process off;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{
+    worker_connections 64;
+}}
+http {{
+    access_log {d}/access.log;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    default_type {default_type};
+{server}
+}}
+"
+    )
 }
