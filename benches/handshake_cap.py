@@ -2,9 +2,9 @@
 # How max_handshakes affects a stream while a handshake flood runs: for each
 # cap, two spipes processes (encrypt, decrypt), 32 flood clients through
 # one pipe pair and a hash-checked 32 MiB echo through another, on
-# 127.0.0.1 ports from BASE. Usage: python3 benches/handshake_cap.py BASE
-# (after cargo build --release; SPIPES= names another binary). Run it from
-# a folder holding a key file "k" (head -c 32 /dev/urandom > k).
+# 127.0.0.1 ports from BASE. Run it from a scratch folder holding a key
+# file "k" (head -c 32 /dev/urandom > k), after cargo build --release:
+#   SPIPES=/path/to/target/release/spipes python3 handshake_cap.py 18100
 import socket, subprocess, threading, time, sys, os, hashlib
 B=os.environ.get("SPIPES", "target/release/spipes")
 def cfg(name, text):
