@@ -508,6 +508,66 @@ fn idle_timeout_closes_silent_connections_only() {
     active.join().expect("the active connection was not closed");
 }
 
+#[test]
+fn half_close_timeout_cuts_an_abandoned_half_only() {
+    // A backend that reads to the client's end of stream, then for its
+    // connection number 0 goes silent and holds the connection, and for
+    // number 1 trickles a byte every 200 ms for 2 s and then closes.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let backend = Endpoint::Tcp(listener.local_addr().expect("address"));
+    thread::spawn(move || {
+        for n in 0..2 {
+            let Ok((mut conn, _)) = listener.accept() else {
+                return;
+            };
+            thread::spawn(move || {
+                let mut sink = Vec::new();
+                let _ = conn.read_to_end(&mut sink);
+                if n == 0 {
+                    thread::sleep(Duration::from_secs(10));
+                    return;
+                }
+                for _ in 0..10 {
+                    if conn.write_all(b".").is_err() {
+                        return;
+                    }
+                    thread::sleep(Duration::from_millis(200));
+                }
+            });
+        }
+    });
+
+    let ws = Workspace::new();
+    let key = ws.write_key("k");
+    let (pipes, enc_source, _) =
+        pair_toml(&key, &backend, &[("half_close_timeout", "1")]);
+    let config = ws.write_config(
+        "spipes.toml",
+        &format!("[daemon]\ncontrol_socket = \"\"\n{pipes}"),
+    );
+    let _spipes = Spipes::start(&config);
+
+    // Abandoned: after the client's half-close nothing moves, so the
+    // connection is cut about 1 s later, long before the backend's 10 s.
+    let mut abandoned = enc_source.connect().expect("connect");
+    abandoned.write_all(b"request").expect("write");
+    abandoned.shutdown(Shutdown::Write).expect("half-close");
+    let started = Instant::now();
+    let closed = expect_closed(&mut abandoned, Duration::from_secs(8));
+    let took = started.elapsed();
+    assert!(closed.received.is_empty());
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}");
+
+    // Trickling: each byte extends the limit, so all ten arrive and the
+    // end is the backend's clean close.
+    let mut trickle = enc_source.connect().expect("connect");
+    trickle.write_all(b"request").expect("write");
+    trickle.shutdown(Shutdown::Write).expect("half-close");
+    let mut reply = Vec::new();
+    trickle.read_to_end(&mut reply).expect("a clean end");
+    assert_eq!(reply, b"..........");
+}
+
 // ---------------------------------------------------------------------
 // Logs
 // ---------------------------------------------------------------------
