@@ -213,14 +213,21 @@ async fn run(
         return CloseReason::Reset;
     }
 
-    // Dial plus handshake, bounded by the pipe's timeout.
-    let setup = match config.mode {
-        Mode::Encrypt => setup_encrypt(settings).await,
-        Mode::Decrypt => setup_decrypt(&mut accepted, settings, stats).await,
-    };
-    let (target, keys) = match setup {
-        Ok(v) => v,
-        Err(e) => return settings.setup_failed(e, stats),
+    // Dial plus handshake, bounded by the pipe's timeout. Boxed, and
+    // matched without a local, so that the handshake's state is freed
+    // once it is done instead of staying in this connection's future for
+    // as long as the connection lives.
+    let (target, keys) = {
+        let setup = match config.mode {
+            Mode::Encrypt => Box::pin(setup_encrypt(settings)).await,
+            Mode::Decrypt => {
+                Box::pin(setup_decrypt(&mut accepted, settings, stats)).await
+            }
+        };
+        match setup {
+            Ok(v) => v,
+            Err(e) => return settings.setup_failed(e, stats),
+        }
     };
 
     // A PROXY header names the accepted client, so only encrypt pipes

@@ -8,10 +8,14 @@
 //! per system call, and buffers exist only while data flows.
 
 use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -79,35 +83,47 @@ impl Relay {
     ///
     /// Cancel-safe in the sense that matters: dropping it closes both
     /// sockets.
-    pub async fn run(
+    pub fn run<'a>(
         self,
-        sealed: Counters<'_>,
-        opened: Counters<'_>,
+        sealed: Counters<'a>,
+        opened: Counters<'a>,
         limits: Limits,
-    ) -> Result<(), RelayError> {
+    ) -> impl Future<Output = Result<(), RelayError>> + 'a {
+        // Everything a direction owns goes into its own future, on the
+        // heap, before any async block exists: a value an async block
+        // captures keeps its slot there even once moved on, so capturing
+        // the sockets and keys here would store them twice for the whole
+        // life of the connection.
         let (plain_r, plain_w) = self.plain.into_split();
         let (wire_r, wire_w) = self.wire.into_split();
-        let activity = Activity::new();
-
-        // try_join, not select: a clean end of one direction must leave
-        // the other running, which is what half-close means.
-        let seal = seal_loop(
+        let activity = Arc::new(Activity::new());
+        let seal = Box::pin(seal_loop(
             plain_r,
             wire_w,
             self.keys.sealer,
             self.preamble,
             sealed,
-            &activity,
-        );
-        let open =
-            open_loop(wire_r, plain_w, self.keys.opener, opened, &activity);
-        let both = async { tokio::try_join!(seal, open).map(|_| ()) };
-        if limits.idle.is_none() && limits.half_close.is_none() {
-            return both.await;
-        }
-        tokio::select! {
-            r = both => r,
-            e = activity.watch(limits) => Err(e),
+            activity.clone(),
+        ));
+        let open = Box::pin(open_loop(
+            wire_r,
+            plain_w,
+            self.keys.opener,
+            opened,
+            activity.clone(),
+        ));
+
+        async move {
+            // try_join, not select: a clean end of one direction must
+            // leave the other running, which is what half-close means.
+            let both = async { tokio::try_join!(seal, open).map(|_| ()) };
+            if limits.idle.is_none() && limits.half_close.is_none() {
+                return both.await;
+            }
+            tokio::select! {
+                r = both => r,
+                e = activity.watch(limits) => Err(e),
+            }
         }
     }
 }
@@ -193,7 +209,7 @@ async fn seal_loop(
     mut sealer: Sealer,
     preamble: Vec<u8>,
     counters: Counters<'_>,
-    activity: &Activity,
+    activity: Arc<Activity>,
 ) -> Result<(), RelayError> {
     let mut wire = Vec::new();
     if !preamble.is_empty() {
@@ -214,7 +230,7 @@ async fn seal_loop(
             };
 
         wire.clear();
-        wire.reserve_exact(PACKETS_PER_CHUNK * PACKET_LEN);
+        wire.reserve_exact(n.div_ceil(MAX_PAYLOAD) * PACKET_LEN);
         sealer.seal(&plain[..n], &mut wire);
         to.write_all(&wire).await?;
         add(counters, n);
@@ -229,16 +245,20 @@ async fn open_loop(
     mut to: WriteHalf,
     mut opener: Opener,
     counters: Counters<'_>,
-    activity: &Activity,
+    activity: Arc<Activity>,
 ) -> Result<(), RelayError> {
     let mut wire = Vec::new();
     let mut plain = Vec::new();
     let mut filled = 0;
     loop {
+        let size = PACKETS_PER_CHUNK * PACKET_LEN;
         let got = if filled == 0 {
-            let size = PACKETS_PER_CHUNK * PACKET_LEN;
             read_ready(&mut from, &mut wire, size, &mut plain).await?
         } else {
+            // A partial packet is waiting: the rest may need the room.
+            if wire.len() < size {
+                wire.resize(size, 0);
+            }
             read_more(&mut from, &mut wire, filled).await?
         };
         let Some(n) = got else {
@@ -271,30 +291,87 @@ async fn open_loop(
     }
 }
 
-/// Reads into `buf` from its start, allocating `size` bytes only once the
-/// socket is readable; when it has nothing more, frees `buf` and the
-/// direction's other buffer `spare` before waiting. `None` at end of
-/// stream.
+/// Bytes of the first read after a pause: enough for a few packets, on
+/// the stack, so that a short message costs an allocation of its own
+/// size instead of `size` zeroed bytes that are freed again right after.
+const SMALL: usize = 4 * PACKET_LEN;
+
+/// Reads into `buf` from its start. While `buf` is shorter than `size`
+/// (idle, or carrying short messages), a read goes through a small stack
+/// buffer and `buf` holds just what came; a read that fills it switches
+/// `buf` to `size` bytes. When the socket has nothing more, frees `buf`
+/// and the direction's other buffer `spare` before waiting. `None` at end
+/// of stream.
+///
+/// Reads through `poll_read`, which takes a short read as proof that the
+/// socket is drained (epoll), so a message costs one read system call
+/// rather than a read and a second one that fails with EAGAIN.
 async fn read_ready(
     from: &mut ReadHalf,
     buf: &mut Vec<u8>,
     size: usize,
     spare: &mut Vec<u8>,
 ) -> io::Result<Option<usize>> {
-    loop {
-        if buf.is_empty() {
-            from.readable().await?;
-            buf.resize(size, 0);
-        }
-        match from.try_read(buf) {
-            Ok(0) => return Ok(None),
-            Ok(n) => return Ok(Some(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+    std::future::poll_fn(|cx| poll_read_ready(cx, from, buf, size, spare)).await
+}
+
+/// One poll of [`read_ready`]. The stack buffer lives only for the poll,
+/// never in the connection's future.
+fn poll_read_ready(
+    cx: &mut Context<'_>,
+    from: &mut ReadHalf,
+    buf: &mut Vec<u8>,
+    size: usize,
+    spare: &mut Vec<u8>,
+) -> Poll<io::Result<Option<usize>>> {
+    if buf.len() >= size {
+        let mut rb = ReadBuf::new(&mut buf[..]);
+        return match Pin::new(&mut *from).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                Poll::Ready(Ok((n != 0).then_some(n)))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
                 *buf = Vec::new();
                 *spare = Vec::new();
+                Poll::Pending
             }
-            Err(e) => return Err(e),
+        };
+    }
+
+    let mut small = [MaybeUninit::<u8>::uninit(); SMALL];
+    let mut rb = ReadBuf::uninit(&mut small);
+    match Pin::new(&mut *from).poll_read(cx, &mut rb) {
+        Poll::Ready(Ok(())) => {}
+        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+        Poll::Pending => {
+            *buf = Vec::new();
+            *spare = Vec::new();
+            return Poll::Pending;
         }
+    }
+    let got = rb.filled();
+    let n = got.len();
+    if n == 0 {
+        return Poll::Ready(Ok(None));
+    }
+    buf.clear();
+    if n < SMALL {
+        buf.extend_from_slice(got);
+        return Poll::Ready(Ok(Some(n)));
+    }
+
+    // A full small buffer: more is probably waiting.
+    buf.reserve_exact(size);
+    buf.extend_from_slice(got);
+    buf.resize(size, 0);
+    let mut rb = ReadBuf::new(&mut buf[n..]);
+    match Pin::new(&mut *from).poll_read(cx, &mut rb) {
+        // An end of stream right here is seen by the next read.
+        Poll::Ready(Ok(())) => Poll::Ready(Ok(Some(n + rb.filled().len()))),
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Ready(Ok(Some(n))),
     }
 }
 

@@ -11,7 +11,7 @@
 use aes::Aes256Enc;
 use ctr::CtrCore;
 use ctr::cipher::array::Array;
-use ctr::cipher::{Block, InnerIvInit, Iv, SetIvState, StreamCipherCore};
+use ctr::cipher::{InnerIvInit, Iv, SetIvState, StreamCipherCore};
 use ctr::flavors::Ctr64BE;
 use hmac::Hmac;
 use hmac::digest::{FixedOutput, KeyInit, Update};
@@ -80,24 +80,24 @@ impl DirectionKeys {
     }
 
     /// Applies the CTR keystream of packet `n` to `buf` in place: this
-    /// both encrypts and decrypts.
+    /// both encrypts and decrypts. `buf` is the 1028 bytes of a packet
+    /// followed by 12 spare bytes, so that all 65 blocks go through the
+    /// cipher in one call (one round-key set-up per packet, not two).
     fn apply_keystream(&mut self, buf: &mut [u8], n: u64) {
+        debug_assert_eq!(buf.len(), BLOCKS_LEN);
         // Counter block u64(n) || u64(0); Ctr64BE counts in the last 8.
         let mut iv = Iv::<Ctr>::default();
         iv[..8].copy_from_slice(&n.to_be_bytes());
         self.ctr.set_iv(&iv);
 
-        // The whole blocks, then the short tail from one more block.
         let (blocks, tail) = Array::slice_as_chunks_mut(buf);
+        debug_assert!(tail.is_empty());
         self.ctr.apply_keystream_blocks(blocks);
-        if !tail.is_empty() {
-            let mut ks = Block::<Ctr>::default();
-            self.ctr.write_keystream_block(&mut ks);
-            tail.iter_mut().zip(ks.iter()).for_each(|(b, k)| *b ^= k);
-            ks.zeroize();
-        }
     }
 }
+
+/// The 1028 encrypted bytes rounded up to whole AES blocks: 65 blocks.
+const BLOCKS_LEN: usize = PADDED_LEN.div_ceil(16) * 16;
 
 /// Seals plaintext into packets for one direction of one connection.
 pub struct Sealer {
@@ -141,10 +141,13 @@ impl Sealer {
     /// their MAC, making them packet number `self.next`.
     fn seal_padded(&mut self, start: usize, out: &mut Vec<u8>) {
         let n = self.keys.take_number();
-        let padded = &mut out[start..start + PADDED_LEN];
-        self.keys.apply_keystream(padded, n);
+        // 12 spare bytes for the last block, inside the packet's 1060.
+        out.resize(start + BLOCKS_LEN, 0);
+        self.keys.apply_keystream(&mut out[start..], n);
+        out[start + PADDED_LEN..].zeroize();
+        out.truncate(start + PADDED_LEN);
 
-        let tag = self.keys.tag(padded, n);
+        let tag = self.keys.tag(&out[start..], n);
         out.extend_from_slice(&tag);
     }
 }
@@ -179,35 +182,19 @@ impl Opener {
             return Err(PacketError::BadMac);
         }
 
-        // Decrypt in place at the end of `out`.
-        let start = out.len();
-        out.extend_from_slice(ct);
-        self.keys.apply_keystream(&mut out[start..], n);
-
-        self.finish_open(start, out)
-    }
-
-    /// Checks the length field of the plaintext at `out[start..]` and
-    /// trims `out` to the payload; wipes and drops it on a bad length.
-    fn finish_open(
-        &mut self,
-        start: usize,
-        out: &mut Vec<u8>,
-    ) -> Result<(), PacketError> {
-        let field: [u8; 4] = out[start + MAX_PAYLOAD..]
+        // Decrypt on the stack, all 65 blocks in one cipher call, then
+        // append only the payload: `out` needs no spare room.
+        let mut block = zeroize::Zeroizing::new([0u8; BLOCKS_LEN]);
+        block[..PADDED_LEN].copy_from_slice(ct);
+        self.keys.apply_keystream(&mut block[..], n);
+        let field: [u8; 4] = block[MAX_PAYLOAD..PADDED_LEN]
             .try_into()
             .expect("the plaintext ends in a 4-byte length field");
         let len = u32::from_be_bytes(field) as usize;
-
         if len > MAX_PAYLOAD {
-            out[start..].zeroize();
-            out.truncate(start);
             return Err(PacketError::BadLength);
         }
-
-        // Wipe the padding before it falls into the spare capacity.
-        out[start + len..].zeroize();
-        out.truncate(start + len);
+        out.extend_from_slice(&block[..len]);
         self.keys.take_number();
         Ok(())
     }
@@ -389,6 +376,7 @@ mod tests {
         // Encrypting zeros yields the raw keystream: block i of packet n
         // is AES(E, u64(n) || u64(i)).
         use aes::cipher::BlockCipherEncrypt;
+        use ctr::cipher::Block;
         let mut sealer = Sealer::new(&ENC, &MAC);
         let zeros = [0u8; PADDED_LEN];
         seal_raw(&mut sealer, &zeros);
