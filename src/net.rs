@@ -112,7 +112,10 @@ macro_rules! forward {
     };
 }
 
-impl AsyncRead for Stream {
+/// `AsyncRead` for an enum of TCP and Unix readers, by forwarding.
+macro_rules! impl_async_read {
+    ($t:ty) => {
+        impl AsyncRead for $t {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -121,8 +124,13 @@ impl AsyncRead for Stream {
         forward!(self, s => Pin::new(s).poll_read(cx, buf))
     }
 }
+    };
+}
 
-impl AsyncWrite for Stream {
+/// `AsyncWrite` for an enum of TCP and Unix writers, by forwarding.
+macro_rules! impl_async_write {
+    ($t:ty) => {
+        impl AsyncWrite for $t {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -145,40 +153,16 @@ impl AsyncWrite for Stream {
         forward!(self, s => Pin::new(s).poll_shutdown(cx))
     }
 }
-
-impl AsyncRead for ReadHalf {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        forward!(self, s => Pin::new(s).poll_read(cx, buf))
-    }
+    };
 }
 
-impl AsyncWrite for WriteHalf {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        forward!(self, s => Pin::new(s).poll_write(cx, buf))
-    }
+impl_async_read!(Stream);
 
-    fn poll_flush(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<()>> {
-        forward!(self, s => Pin::new(s).poll_flush(cx))
-    }
+impl_async_write!(Stream);
 
-    fn poll_shutdown(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<()>> {
-        forward!(self, s => Pin::new(s).poll_shutdown(cx))
-    }
-}
+impl_async_read!(ReadHalf);
+
+impl_async_write!(WriteHalf);
 
 /// A bound source socket, TCP or Unix.
 #[derive(Debug)]

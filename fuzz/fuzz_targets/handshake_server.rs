@@ -10,7 +10,7 @@
 
 #![no_main]
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use spipes::protocol::dh::{self, Y_LEN};
@@ -25,22 +25,9 @@ use spipes::protocol::{
 #[path = "stream/mod.rs"]
 mod stream;
 
-use stream::{FuzzStream, Input, KEY_FILES, PeerRole, PeerY, Script};
-
-static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
-    tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("a current-thread runtime")
-});
-
-/// The forward-secrecy mode for two bits of the flags.
-fn mode(bits: u8) -> ForwardSecrecy {
-    match bits & 3 {
-        1 => ForwardSecrecy::Off,
-        2 => ForwardSecrecy::Required,
-        _ => ForwardSecrecy::On,
-    }
-}
+use stream::{
+    FuzzStream, Input, KEY_FILES, PeerRole, PeerY, RUNTIME, Script, mode,
+};
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);

@@ -14,12 +14,29 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::task::{Context, Poll};
 
-use spipes::protocol::Key;
 use spipes::protocol::dh::Y_LEN;
 use spipes::protocol::handshake::{NONCE_LEN, derive_dk1, dh_value_mac};
+use spipes::protocol::{ForwardSecrecy, Key};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// One current-thread runtime for every input of a handshake target.
+pub static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a current-thread runtime")
+});
+
+/// The forward-secrecy mode for two bits of the flags.
+pub fn mode(bits: u8) -> ForwardSecrecy {
+    match bits & 3 {
+        1 => ForwardSecrecy::Off,
+        2 => ForwardSecrecy::Required,
+        _ => ForwardSecrecy::On,
+    }
+}
 
 /// The key file contents every handshake target uses.
 pub const KEY_FILES: [&[u8]; 3] =
