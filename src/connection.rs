@@ -319,12 +319,16 @@ async fn setup_decrypt(
                     .await
                     .map_err(SetupError::Handshake)?;
                 let index = proven.key_index();
-                let target = settings.dial().await.map_err(SetupError::Dial)?;
-                let _permit = settings.handshake_permit().await;
-                let session = proven
-                    .finish(accepted)
-                    .await
-                    .map_err(SetupError::Handshake)?;
+
+                // The dial's connect goes out first, then the shared
+                // value is computed while the target answers.
+                let dial =
+                    async { settings.dial().await.map_err(SetupError::Dial) };
+                let finish = async {
+                    let _permit = settings.handshake_permit().await;
+                    proven.finish(accepted).await.map_err(SetupError::Handshake)
+                };
+                let (target, session) = tokio::try_join!(dial, finish)?;
                 (target, (session, index))
             }
             DialTiming::Early => {

@@ -272,16 +272,17 @@ fn fresh_nonce() -> Result<[u8; NONCE_LEN], HandshakeError> {
     Ok(nonce)
 }
 
-/// Sends `ours` and reads the peer's nonce at the same time, so that two
-/// peers with tiny socket buffers never wait on each other.
-async fn exchange_nonces<S>(
+/// Sends `ours` and reads as many bytes from the peer at the same time,
+/// so that two peers with tiny socket buffers never wait on each other:
+/// the nonces, and the DH messages when both sides send at once.
+async fn exchange<S, const N: usize>(
     stream: &mut S,
-    ours: &[u8; NONCE_LEN],
-) -> Result<[u8; NONCE_LEN], HandshakeError>
+    ours: &[u8; N],
+) -> Result<[u8; N], HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut theirs = [0u8; NONCE_LEN];
+    let mut theirs = [0u8; N];
     let mut progress = SendReceive::default();
     poll_fn(|cx| progress.poll(cx, stream, ours, &mut theirs))
         .await
@@ -311,10 +312,13 @@ impl SendReceive {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        if let Poll::Ready(Err(e)) = self.poll_write(cx, stream, out) {
+        // A peer that has gone makes both fail; its end of stream says
+        // more than the write's broken pipe, so the read's error wins.
+        let wrote = self.poll_write(cx, stream, out);
+        if let Poll::Ready(Err(e)) = self.poll_read(cx, stream, inb) {
             return Poll::Ready(Err(e));
         }
-        if let Poll::Ready(Err(e)) = self.poll_read(cx, stream, inb) {
+        if let Poll::Ready(Err(e)) = wrote {
             return Poll::Ready(Err(e));
         }
 
@@ -415,7 +419,7 @@ where
 {
     // Steps 1 and 2: nonces, then dk1.
     let nonce_c = fresh_nonce()?;
-    let nonce_s = exchange_nonces(stream, &nonce_c).await?;
+    let nonce_s = exchange(stream, &nonce_c).await?;
     let dk1 = derive_dk1(key, &nonce_c, &nonce_s);
 
     // Step 3: send our MACed DH value.
@@ -440,7 +444,16 @@ where
 
 /// Runs the server side up to the point where the client has proven that
 /// it holds one of `keys`: nonces exchanged, the client's MACed DH value
-/// read and checked. The server has sent nothing that depends on a key.
+/// read and checked.
+///
+/// With a single key the server sends its own MACed DH value while it
+/// reads the client's, as spiped does, so that both sides' messages cross
+/// in one trip and their exponentiations run at the same time. That
+/// costs an unauthenticated peer one key pair from the stock, and tells it
+/// nothing it could not learn from spiped. With several keys the server
+/// cannot know which one to MAC under before the client's MAC picks it,
+/// so it sends its value in [`ProvenClient::finish`]: one more one-way
+/// trip per handshake during a key rotation.
 ///
 /// Every key is tried, in constant time, so timing does not tell which
 /// key (if any) matched. An empty `keys` fails with `BadMac`. A failure
@@ -458,10 +471,20 @@ where
 {
     // Step 1: nonces.
     let nonce_s = fresh_nonce()?;
-    let nonce_c = exchange_nonces(stream, &nonce_s).await?;
+    let nonce_c = exchange(stream, &nonce_s).await?;
 
-    // Step 4: the client's DH value must carry a MAC under one key.
-    let msg = receive_dh(stream).await?;
+    // Step 4: the client's DH value, and with one key our own at once.
+    let (msg, sent) = match keys {
+        [key] => {
+            let dk1 = derive_dk1(key, &nonce_c, &nonce_s);
+            let local = LocalDh::new(fs)?;
+            let ours = dh_message(dk1.dhmac_s(), &local.y);
+            (exchange(stream, &ours).await?, Some(local))
+        }
+        _ => (receive_dh(stream).await?, None),
+    };
+
+    // The client's value must carry a MAC under one of the keys.
     let (y_c, mac) = split_dh_message(&msg);
     let matched = match_key(keys, &nonce_c, &nonce_s, &y_c, mac);
     let Some((key_index, dhmac_s)) = matched else {
@@ -477,6 +500,7 @@ where
         dhmac_s,
         y_c,
         fs,
+        sent,
     })
 }
 
@@ -515,8 +539,8 @@ fn match_key(
 }
 
 /// A client whose DH value checked out under one of the server's keys.
-/// Only [`server_handshake_start`] makes one, so the server cannot send
-/// its own DH value before the check.
+/// Only [`server_handshake_start`] makes one, so the server cannot derive
+/// session keys before the check.
 pub struct ProvenClient {
     key: Arc<Key>,
     key_index: usize,
@@ -525,6 +549,8 @@ pub struct ProvenClient {
     dhmac_s: Zeroizing<[u8; 32]>,
     y_c: [u8; Y_LEN],
     fs: ForwardSecrecy,
+    /// Our DH contribution if it went out with the client's (one key).
+    sent: Option<LocalDh>,
 }
 
 impl ProvenClient {
@@ -533,7 +559,8 @@ impl ProvenClient {
         self.key_index
     }
 
-    /// Sends the server's DH value and derives the session keys.
+    /// Sends the server's DH value unless it has gone already, and
+    /// derives the session keys.
     ///
     /// Not cancel-safe, as [`client_handshake`].
     pub async fn finish<S>(
@@ -543,9 +570,15 @@ impl ProvenClient {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        // Step 4, second half: our MACed DH value.
-        let local = LocalDh::new(self.fs)?;
-        send(stream, &dh_message(&self.dhmac_s, &local.y)).await?;
+        // Step 4, second half: our MACed DH value, if not sent yet.
+        let local = match self.sent {
+            Some(local) => local,
+            None => {
+                let local = LocalDh::new(self.fs)?;
+                send(stream, &dh_message(&self.dhmac_s, &local.y)).await?;
+                local
+            }
+        };
 
         // Step 6: the session keys; the server sends with E_S/H_S.
         let y_sc = local.shared(&self.y_c);
@@ -656,14 +689,17 @@ mod tests {
     async fn required_server_refuses_off_client() {
         let (c, s) = run(key(1), Off, vec![key(1)], Required).await;
         assert!(matches!(s, Err(HandshakeError::ForwardSecrecyRefused)));
-        assert!(matches!(c, Err(HandshakeError::Eof)));
+        // The server's value crossed the client's, so the client has
+        // finished its half; its first read will meet the closed stream.
+        assert!(c.is_ok());
     }
 
     #[tokio::test]
     async fn wrong_key_is_bad_mac() {
         let (c, s) = run(key(1), On, vec![key(2)], On).await;
         assert!(matches!(s, Err(HandshakeError::BadMac)));
-        assert!(matches!(c, Err(HandshakeError::Eof)));
+        // The server's value, MACed under the other key, crossed ours.
+        assert!(matches!(c, Err(HandshakeError::BadMac)));
     }
 
     #[tokio::test]
@@ -690,19 +726,26 @@ mod tests {
         assert_eq!(s.expect("server succeeds").0, 1);
     }
 
-    /// A hand-driven client: exchanges nonces, then sends `y` with either
-    /// its correct MAC or garbage, and returns the server's result.
-    async fn fake_client(
+    /// A hand-driven client: exchanges nonces with a server holding
+    /// `keys`, sends `y` with either its correct MAC under key 1 or
+    /// garbage, then reads to the end. Returns the server's result and
+    /// the server's nonce and every byte the server sent after it.
+    async fn fake_client_of(
+        keys: Vec<Arc<Key>>,
         y: [u8; Y_LEN],
         good_mac: bool,
-    ) -> Result<ProvenClient, HandshakeError> {
+    ) -> (
+        Result<ProvenClient, HandshakeError>,
+        [u8; NONCE_LEN],
+        Vec<u8>,
+    ) {
         let k = key(1);
         let (mut c, mut s) = tokio::io::duplex(BUF);
         let server =
-            async move { server_handshake_start(&mut s, &[key(1)], On).await };
+            async move { server_handshake_start(&mut s, &keys, On).await };
         let client = async move {
             let nonce_c = [0x33; NONCE_LEN];
-            let nonce_s = exchange_nonces(&mut c, &nonce_c).await?;
+            let nonce_s = exchange(&mut c, &nonce_c).await?;
             let mut msg = [0x5c; DH_MESSAGE_LEN];
             msg[..Y_LEN].copy_from_slice(&y);
             if good_mac {
@@ -710,17 +753,54 @@ mod tests {
                 msg = dh_message(dk1.dhmac_c(), &y);
             }
             send(&mut c, &msg).await?;
-            Ok::<_, HandshakeError>(c)
+            let mut after_nonce = Vec::new();
+            c.read_to_end(&mut after_nonce).await.map_err(io_error)?;
+            Ok::<_, HandshakeError>((nonce_s, after_nonce))
         };
         let (server, client) = tokio::join!(server, client);
-        drop(client.expect("fake client sends"));
-        server
+        let (nonce_s, after_nonce) = client.expect("fake client runs");
+        (server, nonce_s, after_nonce)
+    }
+
+    /// [`fake_client_of`] against a server with the one key 1.
+    async fn fake_client(
+        y: [u8; Y_LEN],
+        good_mac: bool,
+    ) -> Result<ProvenClient, HandshakeError> {
+        fake_client_of(vec![key(1)], y, good_mac).await.0
     }
 
     #[tokio::test]
     async fn garbage_is_bad_mac() {
         let r = fake_client([0x42; Y_LEN], false).await;
         assert!(matches!(r, Err(HandshakeError::BadMac)));
+    }
+
+    /// With one key the server's DH message crosses the client's, as
+    /// spiped's does: an unauthenticated peer gets exactly those 288
+    /// bytes, MACed under `dhmac_S`, and nothing more.
+    #[tokio::test]
+    async fn one_key_server_sends_its_value_before_the_proof() {
+        let (r, nonce_s, after) =
+            fake_client_of(vec![key(1)], Y_ONE, false).await;
+        assert!(matches!(r, Err(HandshakeError::BadMac)));
+        assert_eq!(after.len(), DH_MESSAGE_LEN);
+        let y: [u8; Y_LEN] = after[..Y_LEN].try_into().expect("256 bytes");
+        assert!(dh::is_below_prime(&y));
+        assert!(!dh::is_one(&y), "forward secrecy on: a real y");
+        let dk1 = derive_dk1(&key(1), &[0x33; NONCE_LEN], &nonce_s);
+        assert_eq!(after[Y_LEN..], dh_value_mac(dk1.dhmac_s(), &y));
+    }
+
+    /// With several keys the server cannot pick the MAC key before the
+    /// client's proof, so a peer without a key gets nothing after the
+    /// nonce.
+    #[tokio::test]
+    async fn several_keys_server_sends_nothing_before_the_proof() {
+        let keys = vec![key(2), key(1)];
+        let (r, _, after) = fake_client_of(keys, Y_ONE, false).await;
+        assert!(matches!(r, Err(HandshakeError::BadMac)));
+        assert_eq!(after, Vec::<u8>::new());
     }
 
     #[tokio::test]
