@@ -60,6 +60,9 @@ fn exponentiation(c: &mut Criterion) {
     c.bench_function("dh shared value", |b| {
         b.iter(|| x.shared_value(black_box(&y)))
     });
+    c.bench_function("dh public value (fixed-base table)", |b| {
+        b.iter(|| black_box(&x).public_value())
+    });
 }
 
 fn handshake(c: &mut Criterion) {

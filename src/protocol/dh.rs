@@ -88,7 +88,8 @@ impl PrivateValue {
     /// 64 multiplications instead of about 330.
     pub fn public_value(&self) -> [u8; Y_LEN] {
         let table = &*GENERATOR_POWERS;
-        let mut acc = table.two_to_2_258;
+        let mut acc =
+            FixedMontyForm::from_montgomery(table.two_to_2_258, &PARAMS);
 
         for (i, row) in table.rows.iter().enumerate() {
             // Digit i of the private value, least significant first. The
@@ -101,13 +102,18 @@ impl PrivateValue {
             // primitives) pick one without a branch or an index that
             // depends on the digit; crypto-bigint's Montgomery
             // multiplication then takes the same steps for every value.
+            // The entries are bare 2048-bit integers, so the scan reads
+            // 256 bytes per entry rather than a whole FixedMontyForm with
+            // its copy of the parameters (over 1 KiB).
             let mut entry = row[0];
             for (j, candidate) in row.iter().enumerate().skip(1) {
                 let hit = Choice::from_u8_eq(digit, j as u8);
                 entry.ct_assign(candidate, hit);
             }
-            acc = acc.mul(&entry);
-            wipe(entry.as_montgomery_mut());
+            let mut factor = FixedMontyForm::from_montgomery(entry, &PARAMS);
+            wipe(&mut entry);
+            acc = acc.mul(&factor);
+            wipe(factor.as_montgomery_mut());
         }
 
         let mut y = [0u8; Y_LEN];
@@ -182,33 +188,35 @@ fn encode(value: &mut FixedMontyForm<{ U2048::LIMBS }>, out: &mut [u8]) {
     encoded.as_mut_slice().zeroize();
 }
 
-/// Powers of the generator for [`PrivateValue::public_value`]: nothing
-/// here depends on a secret.
+/// Powers of the generator for [`PrivateValue::public_value`], in
+/// Montgomery form for [`PARAMS`]: nothing here depends on a secret.
 struct GeneratorPowers {
     /// `2^(2^258) mod p`: the fixed top bit of every exponent.
-    two_to_2_258: FixedMontyForm<{ U2048::LIMBS }>,
+    two_to_2_258: U2048,
     /// `rows[i][j] = 2^(j * 16^i) mod p`, for the 64 hex digits of a
     /// private value.
-    rows: Vec<[FixedMontyForm<{ U2048::LIMBS }>; 16]>,
+    rows: Vec<[U2048; 16]>,
 }
 
 /// Built once per process, in about a thousand multiplications (a few
-/// milliseconds); 256 KiB.
+/// milliseconds); 256 KiB of bare integers.
 static GENERATOR_POWERS: LazyLock<GeneratorPowers> = LazyLock::new(|| {
     let one = FixedMontyForm::one(&PARAMS);
     let mut base = FixedMontyForm::new(&U2048::from_u8(2), &PARAMS);
     let mut rows = Vec::with_capacity(PRIVATE_LEN * 2);
     for _ in 0..PRIVATE_LEN * 2 {
-        let mut row = [one; 16];
-        for j in 1..16 {
-            row[j] = row[j - 1].mul(&base);
+        let mut power = one;
+        let mut row = [*one.as_montgomery(); 16];
+        for entry in row.iter_mut().skip(1) {
+            power = power.mul(&base);
+            *entry = *power.as_montgomery();
         }
         rows.push(row);
         // The next row's base: this one to the 16th power.
         base = base.square_repeat_vartime(4);
     }
     // After 64 rows, base is 2^(16^64) = 2^(2^256); two more squarings.
-    let two_to_2_258 = base.square_repeat_vartime(2);
+    let two_to_2_258 = *base.square_repeat_vartime(2).as_montgomery();
     GeneratorPowers { two_to_2_258, rows }
 });
 
