@@ -18,7 +18,7 @@ use crate::config::{DialTiming, Mode};
 use crate::net::Stream;
 use crate::pipe::{PipeSettings, PipeStats};
 use crate::protocol::{
-    HandshakeError, SessionKeys, client_handshake, server_handshake_start,
+    HandshakeError, SessionKeys, client_handshake_start, server_handshake_start,
 };
 use crate::relay::{Limits, Relay, RelayError};
 
@@ -290,12 +290,15 @@ async fn setup_encrypt(
     let config = &settings.config;
     let work = async {
         let mut target = settings.dial().await.map_err(SetupError::Dial)?;
-        let _permit = settings.handshake_permit().await;
         let key = &settings.keys[0];
-        let keys = client_handshake(&mut target, key, config.forward_secrecy)
+        let fs = config.forward_secrecy;
+        let proven = client_handshake_start(&mut target, key, fs)
             .await
             .map_err(SetupError::Handshake)?;
-        Ok((target, keys))
+
+        // The permit covers the exponentiation only, not network waits.
+        let _permit = settings.handshake_permit().await;
+        Ok((target, proven.finish()))
     };
     tokio::time::timeout(config.timeout, work)
         .await

@@ -67,9 +67,9 @@ impl PipeSettings {
     }
 
     /// Waits for a handshake permit; `None` when there is no cap. The
-    /// permit is held for the exponentiations only: on a decrypt pipe,
-    /// after the client proved the key, so a peer that sends nothing never
-    /// holds one.
+    /// permit is held for the exponentiation only, after the peer proved
+    /// the key (either role), so a peer that sends nothing or stalls
+    /// mid-handshake never holds one.
     ///
     /// Cancel-safe.
     pub async fn handshake_permit(&self) -> Option<OwnedSemaphorePermit> {

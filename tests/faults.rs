@@ -716,6 +716,79 @@ fn idle_peers_do_not_lock_out_clients() {
     steady.finish();
 }
 
+/// An encrypt pipe with `max_handshakes = 1` whose first connection
+/// meets a server that accepts and then says nothing: a second
+/// connection gets through while the first still waits, because a permit
+/// is taken only once the server has proved the key, for the
+/// exponentiation alone.
+#[test]
+fn stalled_server_does_not_hold_the_handshake_permit() {
+    let ws = Workspace::new();
+    let key = ws.write_key("key");
+    let echo = Backend::echo();
+    let [enc, dec] = free_endpoints();
+
+    // In front of the decrypt pipe: hold the first connection silent,
+    // forward the second.
+    let front = TcpListener::bind("127.0.0.1:0").expect("bind the front");
+    let front_end = Endpoint::Tcp(front.local_addr().expect("address"));
+    let dec_addr = tcp_addr(&dec);
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let relay = thread::spawn(move || {
+        let mut incoming = front.incoming();
+        let held = incoming.next().expect("one").expect("accept the first");
+        held_tx.send(held).expect("hand over the held connection");
+        let conn = incoming.next().expect("two").expect("accept the second");
+        forward(conn, TcpStream::connect(dec_addr).expect("dial decrypt"));
+    });
+
+    let extra = [("max_handshakes", "1"), ("timeout", "60")];
+    let toml = String::from("[daemon]\ncontrol_socket = \"\"\n\n")
+        + &pipe_toml("enc", "encrypt", &enc, &front_end, &key, &extra)
+        + &pipe_toml("dec", "decrypt", &dec, echo.endpoint(), &key, &[]);
+    let config = ws.write_config("spipes.toml", &toml);
+    let mut spipes = Spipes::start(&config);
+
+    // The first client's handshake stalls at the server's nonce.
+    let _first = enc.connect().expect("connect the first client");
+    let mut held = held_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("spipes dialled for the first client");
+    let mut nonce = [0u8; 32];
+    held.read_exact(&mut nonce).expect("the client's nonce");
+
+    // The second gets through, hash for hash.
+    let t = exchange(enc.connect().expect("connect"), 256 * 1024)
+        .expect("the second client's transfer");
+    assert_eq!(t.received.hash, t.sent.hash, "echoed bytes differ");
+    relay.join().expect("relay thread");
+
+    // The first is still waiting, not timed out: nothing more has come
+    // and the connection is open.
+    held.set_nonblocking(true).expect("nonblocking");
+    let mut more = [0u8; 1];
+    let e = held
+        .read(&mut more)
+        .expect_err("the stalled dial sent more");
+    assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{e}");
+    assert_alive(&mut spipes);
+}
+
+/// Copies both ways between `a` and `b` until each side ends, passing
+/// each end on as a shutdown of writing.
+fn forward(a: TcpStream, b: TcpStream) {
+    let copy = |mut from: TcpStream, mut to: TcpStream| {
+        thread::spawn(move || {
+            let _ = io::copy(&mut from, &mut to);
+            let _ = to.shutdown(std::net::Shutdown::Write);
+        })
+    };
+    let up = copy(a.try_clone().expect("clone"), b.try_clone().expect("clone"));
+    let down = copy(b, a);
+    up.join().expect("copy up");
+    down.join().expect("copy down");
+}
+
 // ---------------------------------------------------------------------
 // 4. Handshake flood
 // ---------------------------------------------------------------------

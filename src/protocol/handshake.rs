@@ -402,7 +402,8 @@ where
     Ok(msg)
 }
 
-/// Runs the client side of the handshake over `stream`.
+/// Runs the client side of the handshake over `stream`: both halves of
+/// [`client_handshake_start`] and [`ProvenServer::finish`] at once.
 ///
 /// A failure of the operating system's random generator is reported as
 /// [`HandshakeError::Io`].
@@ -414,6 +415,27 @@ pub async fn client_handshake<S>(
     key: &Key,
     fs: ForwardSecrecy,
 ) -> Result<SessionKeys, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    Ok(client_handshake_start(stream, key, fs).await?.finish())
+}
+
+/// Runs the client side up to the point where the server has proven that
+/// it holds `key`: nonces exchanged, our MACed DH value sent, the
+/// server's read and checked. What is left, [`ProvenServer::finish`], is
+/// the exponentiation, which needs no more network traffic; a pipe can
+/// take its `max_handshakes` permit for that step alone.
+///
+/// A failure of the operating system's random generator is reported as
+/// [`HandshakeError::Io`].
+///
+/// Not cancel-safe, as [`client_handshake`].
+pub async fn client_handshake_start<'k, S>(
+    stream: &mut S,
+    key: &'k Key,
+    fs: ForwardSecrecy,
+) -> Result<ProvenServer<'k>, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -436,10 +458,34 @@ where
     }
     check_peer_value(&y_s, fs)?;
 
-    // Step 6: the session keys; the client sends with E_C/H_C.
-    let y_sc = local.shared(&y_s);
-    let dk2 = derive_dk2(key, &nonce_c, &nonce_s, &y_sc);
-    Ok(dk2.client_keys())
+    Ok(ProvenServer {
+        key,
+        nonce_c,
+        nonce_s,
+        y_s,
+        local,
+    })
+}
+
+/// A server whose DH value checked out under the client's key. Only
+/// [`client_handshake_start`] makes one.
+pub struct ProvenServer<'k> {
+    key: &'k Key,
+    nonce_c: [u8; NONCE_LEN],
+    nonce_s: [u8; NONCE_LEN],
+    y_s: [u8; Y_LEN],
+    local: LocalDh,
+}
+
+impl ProvenServer<'_> {
+    /// Computes the shared value and derives the session keys: the
+    /// client's exponentiation, with no network traffic.
+    pub fn finish(self) -> SessionKeys {
+        // Step 6: the session keys; the client sends with E_C/H_C.
+        let y_sc = self.local.shared(&self.y_s);
+        let dk2 = derive_dk2(self.key, &self.nonce_c, &self.nonce_s, &y_sc);
+        dk2.client_keys()
+    }
 }
 
 /// Runs the server side up to the point where the client has proven that

@@ -11,8 +11,8 @@ pub mod key;
 pub mod packet;
 
 pub use handshake::{
-    HandshakeError, ProvenClient, SessionKeys, client_handshake,
-    server_handshake_start,
+    HandshakeError, ProvenClient, ProvenServer, SessionKeys, client_handshake,
+    client_handshake_start, server_handshake_start,
 };
 pub use key::Key;
 pub use packet::{MAX_PAYLOAD, Opener, PACKET_LEN, PacketError, Sealer};
