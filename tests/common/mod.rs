@@ -249,18 +249,58 @@ pub fn send_signal(pid: u32, signal: Signal) {
 // Ports, addresses and connections
 // ---------------------------------------------------------------------
 
-/// An ephemeral loopback port nobody listens on: bound on `127.0.0.1:0`
-/// and released, for a daemon to bind next.
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local address").port()
+/// Ports handed out for a daemon to bind are taken from here, below the
+/// kernel's ephemeral range (`net.ipv4.ip_local_port_range`, 32768 and up
+/// by default). A port from `127.0.0.1:0` is itself ephemeral: once it is
+/// released, an outgoing connection of a test running in parallel can
+/// take it as its source port before the daemon binds it, and the daemon
+/// then fails to start.
+const PORT_BASE: u32 = 20_000;
+/// How many ports from [`PORT_BASE`] up [`free_port`] may hand out.
+const PORT_SPAN: u32 = 12_000;
+
+/// The next candidate, as an offset from [`PORT_BASE`]; starts from the
+/// process id so that test binaries run one after another begin in
+/// different places.
+fn next_port_offset() -> u32 {
+    static NEXT: AtomicU64 = AtomicU64::new(u64::MAX);
+    let _ = NEXT.compare_exchange(
+        u64::MAX,
+        u64::from(std::process::id()) * 97,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    u32::try_from(n % u64::from(PORT_SPAN)).expect("below PORT_SPAN")
 }
 
-/// An ephemeral `[::1]` port, as [`free_port`]; `None` if IPv6 loopback
-/// is not available here.
+/// A loopback port nobody listens on, for a daemon to bind next: the next
+/// port from [`PORT_BASE`] on that `bind_check` can bind. Each call hands
+/// out a different port, so parallel tests in one binary never share one.
+fn free_port_where(bind_check: impl Fn(u16) -> bool) -> Option<u16> {
+    for _ in 0..PORT_SPAN {
+        let port = u16::try_from(PORT_BASE + next_port_offset())
+            .expect("ports stay below 32000");
+        if bind_check(port) {
+            return Some(port);
+        }
+    }
+    None
+}
+
+/// A free `127.0.0.1` port (see [`free_port_where`]).
+pub fn free_port() -> u16 {
+    free_port_where(|port| TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .expect("a free port in 20000..32000")
+}
+
+/// A free `[::1]` port, as [`free_port`]; `None` if IPv6 loopback is not
+/// available here.
 pub fn free_port_v6() -> Option<u16> {
-    let l = TcpListener::bind("[::1]:0").ok()?;
-    Some(l.local_addr().ok()?.port())
+    TcpListener::bind("[::1]:0").ok()?;
+    free_port_where(|port| {
+        TcpListener::bind((std::net::Ipv6Addr::LOCALHOST, port)).is_ok()
+    })
 }
 
 /// Where something listens or is dialled: a TCP address or a Unix socket.
@@ -1523,17 +1563,9 @@ pub fn is_socket(path: &Path) -> bool {
 // Loopback endpoints in bulk and /proc readers
 // ---------------------------------------------------------------------
 
-/// `n` distinct free loopback endpoints: all are bound at once before
-/// any is released, so no two are the same port.
+/// `n` distinct free loopback endpoints (see [`free_port`]).
 pub fn free_endpoints<const N: usize>() -> [Endpoint; N] {
-    let listeners: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
-    let endpoints: Vec<Endpoint> = listeners
-        .iter()
-        .map(|l| Endpoint::Tcp(l.local_addr().expect("local address")))
-        .collect();
-    endpoints.try_into().expect("N endpoints")
+    std::array::from_fn(|_| Endpoint::free_tcp())
 }
 
 /// The socket address of a TCP endpoint.
