@@ -66,10 +66,12 @@ impl PipeSettings {
         }
     }
 
-    /// Waits for a handshake permit; `None` when there is no cap. The
-    /// permit is held for the exponentiation only, after the peer proved
-    /// the key (either role), so a peer that sends nothing or stalls
-    /// mid-handshake never holds one.
+    /// Waits for a handshake permit; `None` when there is no cap. A
+    /// connection takes it only after the peer proved the key (either
+    /// role), for the exponentiation (on a decrypt pipe also the
+    /// server's key pair and its 288-byte write, which does not wait on
+    /// the peer), so a peer that sends nothing or stalls mid-handshake
+    /// never holds one.
     ///
     /// Cancel-safe.
     pub async fn handshake_permit(&self) -> Option<OwnedSemaphorePermit> {

@@ -427,6 +427,11 @@ where
 /// the exponentiation, which needs no more network traffic; a pipe can
 /// take its `max_handshakes` permit for that step alone.
 ///
+/// Our key pair is drawn here, before any permit: from the stock made
+/// ahead on a blocking thread, or, when a burst has emptied the stock,
+/// made inline (64 multiplications). The connections of an encrypt pipe
+/// come from its own local clients and are bounded by `max_connections`.
+///
 /// A failure of the operating system's random generator is reported as
 /// [`HandshakeError::Io`].
 ///
@@ -490,16 +495,9 @@ impl ProvenServer<'_> {
 
 /// Runs the server side up to the point where the client has proven that
 /// it holds one of `keys`: nonces exchanged, the client's MACed DH value
-/// read and checked.
-///
-/// With a single key the server sends its own MACed DH value while it
-/// reads the client's, as spiped does, so that both sides' messages cross
-/// in one trip and their exponentiations run at the same time. That
-/// costs an unauthenticated peer one key pair from the stock, and tells it
-/// nothing it could not learn from spiped. With several keys the server
-/// cannot know which one to MAC under before the client's MAC picks it,
-/// so it sends its value in [`ProvenClient::finish`]: one more one-way
-/// trip per handshake during a key rotation.
+/// read and checked. The server has sent nothing that depends on a key,
+/// as in spiped: a peer without the key learns nothing it could test a
+/// guessed key against, and costs no Diffie-Hellman work.
 ///
 /// Every key is tried, in constant time, so timing does not tell which
 /// key (if any) matched. An empty `keys` fails with `BadMac`. A failure
@@ -519,18 +517,8 @@ where
     let nonce_s = fresh_nonce()?;
     let nonce_c = exchange(stream, &nonce_s).await?;
 
-    // Step 4: the client's DH value, and with one key our own at once.
-    let (msg, sent) = match keys {
-        [key] => {
-            let dk1 = derive_dk1(key, &nonce_c, &nonce_s);
-            let local = LocalDh::new(fs)?;
-            let ours = dh_message(dk1.dhmac_s(), &local.y);
-            (exchange(stream, &ours).await?, Some(local))
-        }
-        _ => (receive_dh(stream).await?, None),
-    };
-
-    // The client's value must carry a MAC under one of the keys.
+    // Step 4: the client's DH value must carry a MAC under one key.
+    let msg = receive_dh(stream).await?;
     let (y_c, mac) = split_dh_message(&msg);
     let matched = match_key(keys, &nonce_c, &nonce_s, &y_c, mac);
     let Some((key_index, dhmac_s)) = matched else {
@@ -546,7 +534,6 @@ where
         dhmac_s,
         y_c,
         fs,
-        sent,
     })
 }
 
@@ -585,8 +572,8 @@ fn match_key(
 }
 
 /// A client whose DH value checked out under one of the server's keys.
-/// Only [`server_handshake_start`] makes one, so the server cannot derive
-/// session keys before the check.
+/// Only [`server_handshake_start`] makes one, so the server cannot send
+/// its own DH value before the check.
 pub struct ProvenClient {
     key: Arc<Key>,
     key_index: usize,
@@ -595,8 +582,6 @@ pub struct ProvenClient {
     dhmac_s: Zeroizing<[u8; 32]>,
     y_c: [u8; Y_LEN],
     fs: ForwardSecrecy,
-    /// Our DH contribution if it went out with the client's (one key).
-    sent: Option<LocalDh>,
 }
 
 impl ProvenClient {
@@ -605,8 +590,10 @@ impl ProvenClient {
         self.key_index
     }
 
-    /// Sends the server's DH value unless it has gone already, and
-    /// derives the session keys.
+    /// Sends the server's DH value and derives the session keys.
+    ///
+    /// The 288-byte write goes to a socket that has carried only the
+    /// 32-byte nonce so far, so it completes without waiting on the peer.
     ///
     /// Not cancel-safe, as [`client_handshake`].
     pub async fn finish<S>(
@@ -616,15 +603,9 @@ impl ProvenClient {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        // Step 4, second half: our MACed DH value, if not sent yet.
-        let local = match self.sent {
-            Some(local) => local,
-            None => {
-                let local = LocalDh::new(self.fs)?;
-                send(stream, &dh_message(&self.dhmac_s, &local.y)).await?;
-                local
-            }
-        };
+        // Step 4, second half: our MACed DH value.
+        let local = LocalDh::new(self.fs)?;
+        send(stream, &dh_message(&self.dhmac_s, &local.y)).await?;
 
         // Step 6: the session keys; the server sends with E_S/H_S.
         let y_sc = local.shared(&self.y_c);
@@ -735,17 +716,14 @@ mod tests {
     async fn required_server_refuses_off_client() {
         let (c, s) = run(key(1), Off, vec![key(1)], Required).await;
         assert!(matches!(s, Err(HandshakeError::ForwardSecrecyRefused)));
-        // The server's value crossed the client's, so the client has
-        // finished its half; its first read will meet the closed stream.
-        assert!(c.is_ok());
+        assert!(matches!(c, Err(HandshakeError::Eof)));
     }
 
     #[tokio::test]
     async fn wrong_key_is_bad_mac() {
         let (c, s) = run(key(1), On, vec![key(2)], On).await;
         assert!(matches!(s, Err(HandshakeError::BadMac)));
-        // The server's value, MACed under the other key, crossed ours.
-        assert!(matches!(c, Err(HandshakeError::BadMac)));
+        assert!(matches!(c, Err(HandshakeError::Eof)));
     }
 
     #[tokio::test]
@@ -822,31 +800,16 @@ mod tests {
         assert!(matches!(r, Err(HandshakeError::BadMac)));
     }
 
-    /// With one key the server's DH message crosses the client's, as
-    /// spiped's does: an unauthenticated peer gets exactly those 288
-    /// bytes, MACed under `dhmac_S`, and nothing more.
+    /// A peer without the key gets the server's nonce and nothing more,
+    /// with one key or several.
     #[tokio::test]
-    async fn one_key_server_sends_its_value_before_the_proof() {
-        let (r, nonce_s, after) =
-            fake_client_of(vec![key(1)], Y_ONE, false).await;
-        assert!(matches!(r, Err(HandshakeError::BadMac)));
-        assert_eq!(after.len(), DH_MESSAGE_LEN);
-        let y: [u8; Y_LEN] = after[..Y_LEN].try_into().expect("256 bytes");
-        assert!(dh::is_below_prime(&y));
-        assert!(!dh::is_one(&y), "forward secrecy on: a real y");
-        let dk1 = derive_dk1(&key(1), &[0x33; NONCE_LEN], &nonce_s);
-        assert_eq!(after[Y_LEN..], dh_value_mac(dk1.dhmac_s(), &y));
-    }
-
-    /// With several keys the server cannot pick the MAC key before the
-    /// client's proof, so a peer without a key gets nothing after the
-    /// nonce.
-    #[tokio::test]
-    async fn several_keys_server_sends_nothing_before_the_proof() {
-        let keys = vec![key(2), key(1)];
-        let (r, _, after) = fake_client_of(keys, Y_ONE, false).await;
-        assert!(matches!(r, Err(HandshakeError::BadMac)));
-        assert_eq!(after, Vec::<u8>::new());
+    async fn server_sends_nothing_keyed_before_the_proof() {
+        for keys in [vec![key(1)], vec![key(2), key(1)]] {
+            let n = keys.len();
+            let (r, _, after) = fake_client_of(keys, Y_ONE, false).await;
+            assert!(matches!(r, Err(HandshakeError::BadMac)), "{n} keys");
+            assert_eq!(after, Vec::<u8>::new(), "{n} keys");
+        }
     }
 
     #[tokio::test]
