@@ -4,8 +4,9 @@
 //! Each direction ends on its own: a clean end of stream shuts down the
 //! write half of the other socket, and the other direction keeps going, so
 //! half-close works. An error in either direction ends both, since the
-//! protocol cannot resynchronise. Reads and writes move up to 64 packets
-//! per system call, and buffers exist only while data flows.
+//! protocol cannot resynchronise. Reads and writes move up to 512 packets
+//! per system call (a burst starts at 64 and doubles while the socket
+//! keeps the buffer full), and buffers exist only while data flows.
 
 use std::io;
 use std::mem::MaybeUninit;
