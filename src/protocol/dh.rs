@@ -5,8 +5,8 @@
 //! spiped does, the exponent is `2^258` plus a random 256-bit value.
 //!
 //! All arithmetic on secrets is constant time: crypto-bigint's
-//! `FixedMontyForm::pow_bounded_exp` with a fixed, public bound of 259
-//! exponent bits.
+//! `FixedMontyForm::pow_amm_bounded_exp` with a fixed, public bound of
+//! 259 exponent bits.
 
 use std::sync::LazyLock;
 
@@ -136,11 +136,16 @@ impl PrivateValue {
     /// Writes `base^(2^258 + x) mod p` to `out`, wiping every temporary
     /// that holds the secret exponent or the result.
     fn raise(&self, base: &FixedMontyForm<{ U2048::LIMBS }>, out: &mut [u8]) {
-        let mut exponent = self.exponent();
+        let mut short = self.exponent();
+        let mut exponent = short.resize::<{ U2048::LIMBS }>();
+        wipe(&mut short);
 
-        // Constant time: crypto-bigint's pow_bounded_exp runs the same
-        // steps for every exponent below 2^EXPONENT_BITS.
-        let mut power = base.pow_bounded_exp(&exponent, EXPONENT_BITS);
+        // Constant time: crypto-bigint's pow_amm_bounded_exp runs the same
+        // steps for every exponent below 2^EXPONENT_BITS. Its "almost"
+        // Montgomery multiplications skip the final subtraction until the
+        // end: 3 to 5% faster than pow_bounded_exp here (thread CPU time,
+        // 15 alternating rounds of 20).
+        let mut power = base.pow_amm_bounded_exp(&exponent, EXPONENT_BITS);
         wipe(&mut exponent);
 
         encode(&mut power, out);
