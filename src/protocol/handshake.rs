@@ -274,7 +274,7 @@ fn fresh_nonce() -> Result<[u8; NONCE_LEN], HandshakeError> {
 
 /// Sends `ours` and reads as many bytes from the peer at the same time,
 /// so that two peers with tiny socket buffers never wait on each other:
-/// the nonces, and the DH messages when both sides send at once.
+/// the nonces, which both sides send at once.
 async fn exchange<S, const N: usize>(
     stream: &mut S,
     ours: &[u8; N],
@@ -753,16 +753,12 @@ mod tests {
     /// A hand-driven client: exchanges nonces with a server holding
     /// `keys`, sends `y` with either its correct MAC under key 1 or
     /// garbage, then reads to the end. Returns the server's result and
-    /// the server's nonce and every byte the server sent after it.
+    /// every byte the server sent after its nonce.
     async fn fake_client_of(
         keys: Vec<Arc<Key>>,
         y: [u8; Y_LEN],
         good_mac: bool,
-    ) -> (
-        Result<ProvenClient, HandshakeError>,
-        [u8; NONCE_LEN],
-        Vec<u8>,
-    ) {
+    ) -> (Result<ProvenClient, HandshakeError>, Vec<u8>) {
         let k = key(1);
         let (mut c, mut s) = tokio::io::duplex(BUF);
         let server =
@@ -779,11 +775,11 @@ mod tests {
             send(&mut c, &msg).await?;
             let mut after_nonce = Vec::new();
             c.read_to_end(&mut after_nonce).await.map_err(io_error)?;
-            Ok::<_, HandshakeError>((nonce_s, after_nonce))
+            Ok::<_, HandshakeError>(after_nonce)
         };
         let (server, client) = tokio::join!(server, client);
-        let (nonce_s, after_nonce) = client.expect("fake client runs");
-        (server, nonce_s, after_nonce)
+        let after_nonce = client.expect("fake client runs");
+        (server, after_nonce)
     }
 
     /// [`fake_client_of`] against a server with the one key 1.
@@ -806,7 +802,7 @@ mod tests {
     async fn server_sends_nothing_keyed_before_the_proof() {
         for keys in [vec![key(1)], vec![key(2), key(1)]] {
             let n = keys.len();
-            let (r, _, after) = fake_client_of(keys, Y_ONE, false).await;
+            let (r, after) = fake_client_of(keys, Y_ONE, false).await;
             assert!(matches!(r, Err(HandshakeError::BadMac)), "{n} keys");
             assert_eq!(after, Vec::<u8>::new(), "{n} keys");
         }
