@@ -264,17 +264,7 @@ async fn open_packets(
         // Open every whole packet; keep a partial one for the next read.
         let whole = filled - filled % PACKET_LEN;
         let mut plain = Vec::with_capacity(whole / PACKET_LEN * MAX_PAYLOAD);
-        let mut failed = None;
-        for packet in buf[..whole].chunks_exact(PACKET_LEN) {
-            let opened = match <&[u8; PACKET_LEN]>::try_from(packet) {
-                Ok(packet) => opener.open(packet, &mut plain),
-                Err(_) => Err(crate::protocol::PacketError::BadLength),
-            };
-            if let Err(e) = opened {
-                failed = Some(e);
-                break;
-            }
-        }
+        let failed = opener.open_all(&buf[..whole], &mut plain).err();
         buf.copy_within(whole..filled, 0);
         filled -= whole;
 

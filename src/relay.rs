@@ -286,13 +286,9 @@ async fn open_loop(
         let whole = filled - filled % PACKET_LEN;
         plain.clear();
         plain.reserve_exact(whole / PACKET_LEN * MAX_PAYLOAD);
-        for packet in wire[..whole].chunks_exact(PACKET_LEN) {
-            let packet =
-                packet.try_into().map_err(|_| RelayError::Truncated)?;
-            opener
-                .open(packet, &mut plain)
-                .map_err(RelayError::Packet)?;
-        }
+        opener
+            .open_all(&wire[..whole], &mut plain)
+            .map_err(RelayError::Packet)?;
         let read = filled;
         wire.copy_within(whole..filled, 0);
         filled -= whole;

@@ -5,7 +5,10 @@
 //! decryption and the length check run on fuzzed ciphertext). Every
 //! result must leave `out` consistent: a refused packet appends nothing
 //! and does not advance the counter; an opened one appends at most 1024
-//! bytes. A second pass seals the input and opens it again.
+//! bytes. `Opener::open_all`, which checks MACs two at a time, must give
+//! the same plaintext and the same first error as opening one packet at a
+//! time and stopping there. A last pass seals the input and opens it
+//! again.
 
 #![no_main]
 
@@ -35,6 +38,11 @@ fuzz_target!(|data: &[u8]| {
 
     let mut opener = Opener::new(&ENC, &MAC);
     let mut out = b"prefix".to_vec();
+    // The packets as they went in, and the outcome of opening them one
+    // at a time up to the first error.
+    let mut wire = Vec::new();
+    let mut first_error = None;
+    let mut upto_error = Vec::new();
     // The number of the next packet the opener expects.
     let mut n = 0u64;
     for (i, chunk) in rest.chunks_exact(PACKET_LEN).enumerate() {
@@ -45,8 +53,16 @@ fuzz_target!(|data: &[u8]| {
             let t = tag(&packet[..CT_LEN], n);
             packet[CT_LEN..].copy_from_slice(&t);
         }
+        wire.extend_from_slice(&packet);
         let before = out.len();
-        match opener.open(&packet, &mut out) {
+        let result = opener.open(&packet, &mut out);
+        if first_error.is_none() {
+            match &result {
+                Ok(()) => upto_error.extend_from_slice(&out[before..]),
+                Err(e) => first_error = Some(*e),
+            }
+        }
+        match result {
             Ok(()) => {
                 assert!(out.len() - before <= MAX_PAYLOAD);
                 assert_eq!(&out[..6], b"prefix");
@@ -71,6 +87,12 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
+    // Two at a time: the same plaintext and the same first error.
+    let mut all = Vec::new();
+    let result = Opener::new(&ENC, &MAC).open_all(&wire, &mut all);
+    assert_eq!(result.err(), first_error);
+    assert_eq!(all, upto_error);
+
     // Sealing then opening gives back the input.
     let mut sealer = Sealer::new(&ENC, &MAC);
     let mut opener = Opener::new(&ENC, &MAC);
@@ -84,5 +106,10 @@ fuzz_target!(|data: &[u8]| {
             .open(packet, &mut opened)
             .expect("a sealed packet opens");
     }
+    assert_eq!(opened, rest);
+    let mut opened = Vec::new();
+    Opener::new(&ENC, &MAC)
+        .open_all(&sealed, &mut opened)
+        .expect("sealed packets open");
     assert_eq!(opened, rest);
 });

@@ -8,7 +8,10 @@ pub mod dh;
 pub mod ephemeral;
 pub mod handshake;
 pub mod key;
+pub mod mac;
 pub mod packet;
+#[cfg(target_arch = "x86_64")]
+mod sha_ni;
 
 pub use handshake::{
     HandshakeError, ProvenClient, ProvenServer, SessionKeys, client_handshake,

@@ -5,19 +5,19 @@
 //! to 1024 bytes and `u32(len(M))`, encrypted with AES-256-CTR under the
 //! counter block `u64(n) || u64(block index)`.
 //!
-//! Each direction expands its AES key and keys its HMAC once; a packet
-//! only resets the CTR counter block and clones the keyed HMAC state.
+//! Each direction expands its AES key and keys its MAC once; a packet
+//! only resets the CTR counter block and starts from the keyed MAC state.
+//! Packets are sealed and opened two at a time where there are two, so
+//! that their MACs share the CPU (see [`super::mac`]).
 
 use aes::Aes256Enc;
 use ctr::CtrCore;
 use ctr::cipher::array::Array;
-use ctr::cipher::{InnerIvInit, Iv, SetIvState, StreamCipherCore};
+use ctr::cipher::{InnerIvInit, Iv, KeyInit, SetIvState, StreamCipherCore};
 use ctr::flavors::Ctr64BE;
-use hmac::Hmac;
-use hmac::digest::{FixedOutput, KeyInit, Update};
-use sha2::Sha256;
 use subtle::ConstantTimeEq;
-use zeroize::Zeroize;
+
+use super::mac::PacketMac;
 
 /// Bytes of one packet on the wire.
 pub const PACKET_LEN: usize = 1060;
@@ -28,7 +28,7 @@ pub const MAX_PAYLOAD: usize = 1024;
 const PADDED_LEN: usize = MAX_PAYLOAD + 4;
 
 /// Why an incoming packet was refused. Any of these ends the connection.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PacketError {
     /// The MAC did not match: a wrong key, a corrupted or forged packet.
     #[error("packet authentication failed")]
@@ -43,20 +43,19 @@ pub enum PacketError {
 type Ctr = CtrCore<Aes256Enc, Ctr64BE>;
 
 /// The keyed state of one direction: the expanded AES key inside a CTR
-/// instance, the keyed HMAC, and the number of the next packet.
+/// instance, the keyed MAC, and the number of the next packet.
 struct DirectionKeys {
     ctr: Ctr,
-    mac: Hmac<Sha256>,
+    mac: PacketMac,
     next: u64,
 }
 
 impl DirectionKeys {
-    /// Expands the AES key and keys the HMAC, once per direction.
+    /// Expands the AES key and keys the MAC, once per direction.
     fn new(enc_key: &[u8; 32], mac_key: &[u8; 32]) -> DirectionKeys {
         let cipher = <Aes256Enc as KeyInit>::new(enc_key.into());
         let ctr = Ctr::inner_iv_init(cipher, &Iv::<Ctr>::default());
-        let mac = Hmac::<Sha256>::new_from_slice(mac_key)
-            .expect("HMAC accepts keys of any length");
+        let mac = PacketMac::new(mac_key);
         DirectionKeys { ctr, mac, next: 0 }
     }
 
@@ -68,15 +67,6 @@ impl DirectionKeys {
             .checked_add(1)
             .expect("2^64 packets of 1060 bytes cannot be sent");
         n
-    }
-
-    /// HMAC-SHA256 under this direction's key of `ct || u64(n)`.
-    fn tag(&self, ct: &[u8], n: u64) -> [u8; 32] {
-        // Clone the keyed state: no re-keying per packet.
-        let mut mac = self.mac.clone();
-        mac.update(ct);
-        mac.update(&n.to_be_bytes());
-        mac.finalize_fixed().into()
     }
 
     /// Applies the CTR keystream of packet `n` to `buf` in place: this
@@ -120,13 +110,31 @@ impl Sealer {
         let packets = plaintext.len().div_ceil(MAX_PAYLOAD);
         out.reserve(packets * PACKET_LEN);
 
-        for chunk in plaintext.chunks(MAX_PAYLOAD) {
-            self.seal_chunk(chunk, out);
+        // Two packets at a time, then the odd one out.
+        let mut chunks = plaintext.chunks(MAX_PAYLOAD);
+        while let Some(first) = chunks.next() {
+            let start = out.len();
+            let a = self.encrypt_chunk(first, out);
+            let Some(second) = chunks.next() else {
+                let tag = self.keys.mac.tag(ciphertext(out, start), a);
+                out[start + PADDED_LEN..].copy_from_slice(&tag);
+                break;
+            };
+            let b = self.encrypt_chunk(second, out);
+
+            let (tag_a, tag_b) = self.keys.mac.tag_pair(
+                (ciphertext(out, start), a),
+                (ciphertext(out, start + PACKET_LEN), b),
+            );
+            out[start + PADDED_LEN..][..32].copy_from_slice(&tag_a);
+            out[start + PACKET_LEN + PADDED_LEN..].copy_from_slice(&tag_b);
         }
     }
 
-    /// Appends one packet carrying `chunk` (at most 1024 bytes).
-    fn seal_chunk(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+    /// Appends one packet carrying `chunk` (at most 1024 bytes), encrypted
+    /// as the next packet number, which it returns. The last 32 bytes,
+    /// where the MAC goes, are left for the caller to fill.
+    fn encrypt_chunk(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> u64 {
         // Lay out the padded plaintext straight into `out`.
         let start = out.len();
         let len = u32::try_from(chunk.len()).expect("a chunk is <= 1024");
@@ -134,22 +142,28 @@ impl Sealer {
         out.resize(start + MAX_PAYLOAD, 0);
         out.extend_from_slice(&len.to_be_bytes());
 
-        self.seal_padded(start, out);
+        // Room for the MAC, then encrypt.
+        out.resize(start + PACKET_LEN, 0);
+        self.encrypt_at(start, out)
     }
 
-    /// Encrypts the 1028 bytes at `out[start..]` in place and appends
-    /// their MAC, making them packet number `self.next`.
-    fn seal_padded(&mut self, start: usize, out: &mut Vec<u8>) {
+    /// Encrypts the 1028 bytes at `out[start..]`, which are followed by
+    /// the packet's 32 bytes of MAC room, as the next packet number.
+    fn encrypt_at(&mut self, start: usize, out: &mut [u8]) -> u64 {
+        // The cipher's last block runs 12 bytes into the MAC's room,
+        // which the MAC then overwrites.
         let n = self.keys.take_number();
-        // 12 spare bytes for the last block, inside the packet's 1060.
-        out.resize(start + BLOCKS_LEN, 0);
-        self.keys.apply_keystream(&mut out[start..], n);
-        out[start + PADDED_LEN..].zeroize();
-        out.truncate(start + PADDED_LEN);
-
-        let tag = self.keys.tag(&out[start..], n);
-        out.extend_from_slice(&tag);
+        self.keys
+            .apply_keystream(&mut out[start..start + BLOCKS_LEN], n);
+        n
     }
+}
+
+/// The 1028 encrypted bytes of the packet that starts at `out[start]`.
+fn ciphertext(out: &[u8], start: usize) -> &[u8; PADDED_LEN] {
+    out[start..start + PADDED_LEN]
+        .try_into()
+        .expect("a packet holds 1028 encrypted bytes")
 }
 
 /// Opens packets from one direction of one connection.
@@ -174,10 +188,50 @@ impl Opener {
         packet: &[u8; PACKET_LEN],
         out: &mut Vec<u8>,
     ) -> Result<(), PacketError> {
+        let (ct, tag) = split(packet);
+        let want = self.keys.mac.tag(ct, self.keys.next);
+        self.check_and_decrypt(ct, tag, &want, out)
+    }
+
+    /// Checks and decrypts every whole packet in `packets`, in order,
+    /// appending their plaintexts to `out`; bytes after the last whole
+    /// packet are left alone. Two packets' MACs are computed at a time.
+    ///
+    /// Stops at the first bad packet, with the plaintext of the packets
+    /// before it appended; the connection must be dropped.
+    pub fn open_all(
+        &mut self,
+        packets: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), PacketError> {
+        let (pairs, rest) = packets.as_chunks::<{ 2 * PACKET_LEN }>();
+        for pair in pairs {
+            let (a, b) = pair.split_at(PACKET_LEN);
+            let ((ct_a, tag_a), (ct_b, tag_b)) = (split(a), split(b));
+            let n = self.keys.next;
+            let (want_a, want_b) =
+                self.keys.mac.tag_pair((ct_a, n), (ct_b, n.wrapping_add(1)));
+            self.check_and_decrypt(ct_a, tag_a, &want_a, out)?;
+            self.check_and_decrypt(ct_b, tag_b, &want_b, out)?;
+        }
+
+        let (singles, _partial) = rest.as_chunks::<PACKET_LEN>();
+        for packet in singles {
+            self.open(packet, out)?;
+        }
+        Ok(())
+    }
+
+    /// Compares a packet's MAC with `want`, the MAC of packet number
+    /// `self.next`, then decrypts it and appends its payload to `out`.
+    fn check_and_decrypt(
+        &mut self,
+        ct: &[u8; PADDED_LEN],
+        tag: &[u8],
+        want: &[u8; 32],
+        out: &mut Vec<u8>,
+    ) -> Result<(), PacketError> {
         // MAC first. Constant time: subtle's ct_eq on the 32-byte tags.
-        let (ct, tag) = packet.split_at(PADDED_LEN);
-        let n = self.keys.next;
-        let want = self.keys.tag(ct, n);
         if !bool::from(want.ct_eq(tag)) {
             return Err(PacketError::BadMac);
         }
@@ -186,7 +240,7 @@ impl Opener {
         // append only the payload: `out` needs no spare room.
         let mut block = zeroize::Zeroizing::new([0u8; BLOCKS_LEN]);
         block[..PADDED_LEN].copy_from_slice(ct);
-        self.keys.apply_keystream(&mut block[..], n);
+        self.keys.apply_keystream(&mut block[..], self.keys.next);
         let field: [u8; 4] = block[MAX_PAYLOAD..PADDED_LEN]
             .try_into()
             .expect("the plaintext ends in a 4-byte length field");
@@ -198,6 +252,13 @@ impl Opener {
         self.keys.take_number();
         Ok(())
     }
+}
+
+/// A packet's encrypted bytes and its MAC.
+fn split(packet: &[u8]) -> (&[u8; PADDED_LEN], &[u8]) {
+    let (ct, tag) = packet.split_at(PADDED_LEN);
+    let ct = ct.try_into().expect("a packet holds 1028 encrypted bytes");
+    (ct, tag)
 }
 
 #[cfg(test)]
@@ -227,7 +288,8 @@ mod tests {
         bytes.try_into().expect("exactly one packet")
     }
 
-    fn open_all(opener: &mut Opener, sealed: &[u8]) -> Vec<u8> {
+    /// Opens `sealed` one packet per call, the way `open_all` does not.
+    fn open_each(opener: &mut Opener, sealed: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         for packet in sealed.chunks(PACKET_LEN) {
             opener.open(as_packet(packet), &mut out).expect("opens");
@@ -248,7 +310,7 @@ mod tests {
             let mut sealed = Vec::new();
             sealer.seal(&msg, &mut sealed);
             assert_eq!(sealed.len(), size.div_ceil(MAX_PAYLOAD) * PACKET_LEN);
-            assert_eq!(open_all(&mut opener, &sealed), msg, "size {size}");
+            assert_eq!(open_each(&mut opener, &sealed), msg, "size {size}");
         }
     }
 
@@ -331,8 +393,60 @@ mod tests {
     /// Seals a hand-made 1028-byte padded block as the next packet.
     fn seal_raw(sealer: &mut Sealer, padded: &[u8; PADDED_LEN]) -> Vec<u8> {
         let mut out = padded.to_vec();
-        sealer.seal_padded(0, &mut out);
+        out.resize(PACKET_LEN, 0);
+        let n = sealer.encrypt_at(0, &mut out);
+        let tag = sealer.keys.mac.tag(ciphertext(&out, 0), n);
+        out[PADDED_LEN..].copy_from_slice(&tag);
         out
+    }
+
+    #[test]
+    fn pairs_seal_and_open_as_single_packets_do() {
+        let mut rng = XorShift(0x5EED);
+        for packets in 1..=7 {
+            let plain = rng.bytes(packets * MAX_PAYLOAD - 3);
+
+            // Sealed all at once (in pairs) or one packet per call.
+            let mut together = Vec::new();
+            Sealer::new(&ENC, &MAC).seal(&plain, &mut together);
+            let mut single = Sealer::new(&ENC, &MAC);
+            let mut apart = Vec::new();
+            for chunk in plain.chunks(MAX_PAYLOAD) {
+                single.seal(chunk, &mut apart);
+            }
+            assert_eq!(together, apart, "{packets} packets");
+
+            let mut out = Vec::new();
+            let mut opener = Opener::new(&ENC, &MAC);
+            opener.open_all(&together, &mut out).expect("opens");
+            assert_eq!(out, plain, "{packets} packets");
+        }
+    }
+
+    #[test]
+    fn open_all_stops_at_a_bad_packet_of_a_pair() {
+        let plain = vec![0x42; 3 * MAX_PAYLOAD];
+        let mut sealed = Vec::new();
+        Sealer::new(&ENC, &MAC).seal(&plain, &mut sealed);
+
+        // Spoil the second packet: the first one's plaintext comes out.
+        sealed[PACKET_LEN + 7] ^= 1;
+        let mut out = Vec::new();
+        let r = Opener::new(&ENC, &MAC).open_all(&sealed, &mut out);
+        assert_eq!(r, Err(PacketError::BadMac));
+        assert_eq!(out, vec![0x42; MAX_PAYLOAD]);
+    }
+
+    #[test]
+    fn open_all_leaves_a_partial_packet_alone() {
+        let mut sealed = Vec::new();
+        Sealer::new(&ENC, &MAC).seal(b"whole", &mut sealed);
+        sealed.extend_from_slice(&[0xEE; PACKET_LEN - 1]);
+        let mut out = Vec::new();
+        Opener::new(&ENC, &MAC)
+            .open_all(&sealed, &mut out)
+            .expect("the whole packet opens");
+        assert_eq!(out, b"whole");
     }
 
     #[test]
@@ -393,6 +507,9 @@ mod tests {
             assert_eq!(&packet[at..end], &block[..end - at], "block {i}");
         }
 
+        use hmac::Hmac;
+        use hmac::digest::{FixedOutput, Update};
+        use sha2::Sha256;
         let mut mac = Hmac::<Sha256>::new_from_slice(&MAC).expect("any");
         mac.update(&packet[..PADDED_LEN]);
         mac.update(&1u64.to_be_bytes());
