@@ -25,7 +25,12 @@
 //! - `SPIPES_BENCH_BIN`: another spipes binary to run instead of the one
 //!   cargo built (a build of a changed copy, for before/after numbers).
 //! - arguments after `--`: only the named sections, out of `throughput`,
-//!   `handshake`, `burst`, `latency`, `rss`, `pipes1000`, `conns10k`.
+//!   `handshake`, `burst`, `latency`, `floor`, `rss`, `pipes1000`,
+//!   `conns10k`.
+//!
+//! The `floor` section runs no spipes: it puts spiped beside a zero-work
+//! stand-in for a pair (see [`floor_child`]), to show what the
+//! latency-bound targets leave room for on this machine.
 //!
 //! Every wait is bounded and every loop is bounded in count and in time;
 //! everything listens on and connects to 127.0.0.1 only.
@@ -35,7 +40,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{
-    SocketAddr, TcpListener as StdListener, TcpStream as StdStream,
+    Shutdown, SocketAddr, TcpListener as StdListener, TcpStream as StdStream,
 };
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixDatagram;
@@ -102,6 +107,7 @@ const SECTIONS: &[&str] = &[
     "handshake",
     "burst",
     "latency",
+    "floor",
     "rss",
     "pipes1000",
     "conns10k",
@@ -1613,6 +1619,129 @@ impl Bench {
         Ok(())
     }
 
+    /// spiped beside the zero-work floor (see [`floor_child`]) on the two
+    /// latency-bound metrics: handshakes/s with one client, FS off, and
+    /// added RTT p50. The floor's figures go in the spipes column, and
+    /// each row's note says what fraction of the target a pair that does
+    /// nothing at all reaches.
+    fn floor(&mut self) -> Result<()> {
+        let mut floor = FloorPair::start(self.backend)?;
+        let (ws, backend) = (&self.ws, self.backend);
+        let mut off = Pair::start(Impl::Spiped, ws, backend, false, "floor")?;
+        // The latency section's round trips go through FS-on pairs; so do
+        // these, to compare with it (after the handshake FS changes
+        // nothing).
+        let mut on = Pair::start(Impl::Spiped, ws, backend, true, "floor")?;
+        let (a, b) = self.floor_handshakes(&mut floor, &mut off)?;
+        self.table.add_note(
+            &format!(
+                "floor: handshakes/s, FS off, 1 client ({} per round) — \
+                 zero-work stand-in in the spipes column",
+                self.plan.hs_fs_off
+            ),
+            a,
+            b,
+            0,
+            floor_note(a, b, "reaches", "of spiped's rate", ">= 2x"),
+        );
+        let (p, added, base) = self.floor_rtt(&mut floor, &mut on)?;
+        self.table.add(
+            "floor: RTT p50 through the pipe (FS on for spiped) — zero-work \
+             stand-in in the spipes column, µs",
+            p.0,
+            p.1,
+            0,
+            Goal::Info,
+        );
+        self.table.add_note(
+            &format!(
+                "floor: added RTT p50, pipe p50 - {base:.0} µs (direct p50, \
+                 median of all rounds) — zero-work stand-in in the spipes \
+                 column, µs"
+            ),
+            added.0,
+            added.1,
+            0,
+            floor_note(added.0, added.1, "adds", "of spiped's", "<= 0.75x"),
+        );
+        Ok(())
+    }
+
+    /// Handshakes/s, FS off, one client, spiped against the floor; the
+    /// medians, spiped's first.
+    fn floor_handshakes(
+        &mut self,
+        floor: &mut FloorPair,
+        spiped: &mut Pair,
+    ) -> Result<(Option<f64>, Option<f64>)> {
+        let total = self.plan.hs_fs_off;
+        // Indexed by `Impl as usize`: the spipes slot is the floor's.
+        let entries = [spiped.entry, floor.entry];
+        let mut s = Samples::default();
+        for r in 0..self.plan.rounds {
+            for which in order(r) {
+                spiped.check_alive()?;
+                floor.check_alive()?;
+                let rate =
+                    handshakes(&self.rt, entries[which as usize], total, 1)?;
+                let per_s = rate.ok as f64 / rate.secs;
+                progress!(
+                    "round {r} {} FS off, 1 client: {per_s:.0}/s ({} ok, {} \
+                     failed) (load {})",
+                    floor_name(which),
+                    rate.ok,
+                    rate.failed,
+                    loadavg()
+                );
+                if let Some(e) = &rate.first_error {
+                    progress!("  first failure: {e}");
+                    self.errors.push(format!(
+                        "floor handshakes {}: {} failed, first: {e}",
+                        floor_name(which),
+                        rate.failed
+                    ));
+                }
+                s.push(which, "rate", per_s);
+            }
+        }
+        Ok(s.both("rate"))
+    }
+
+    /// RTT p50 through spiped and through the floor, as in
+    /// [`Bench::latency`]: the medians of each one's p50, the same less
+    /// the median direct p50 of every round, and that baseline.
+    fn floor_rtt(
+        &mut self,
+        floor: &mut FloorPair,
+        spiped: &mut Pair,
+    ) -> Result<(Both, Both, f64)> {
+        let (warm, iters) = (self.plan.rtt_warmup, self.plan.rtt_iters);
+        let direct = local(self.backend);
+        let entries = [spiped.entry, floor.entry];
+        let mut s = Samples::default();
+        let mut direct50 = Vec::new();
+        for r in 0..self.plan.rounds.max(5) {
+            for which in order(r) {
+                spiped.check_alive()?;
+                floor.check_alive()?;
+                let d = ping_pong(direct, warm, iters)?;
+                let p = ping_pong(entries[which as usize], warm, iters)?;
+                let (d50, p50) = (percentile(&d, 50.0), percentile(&p, 50.0));
+                progress!(
+                    "round {r} {} RTT µs: direct p50 {d50:.0}, pipe p50 \
+                     {p50:.0}",
+                    floor_name(which)
+                );
+                s.push(which, "p50", p50);
+                direct50.push(d50);
+            }
+        }
+        let base = median(&direct50);
+        let p = s.both("p50");
+        let added = (p.0.map(|v| v - base), p.1.map(|v| v - base));
+        Ok((p, added, base))
+    }
+
     /// Base RSS with one pipe, and RSS per idle connection, on fresh
     /// daemons of each program.
     fn rss(&mut self) -> Result<()> {
@@ -1853,7 +1982,7 @@ impl Bench {
         let per_process = (limit.saturating_sub(200) / 2) as usize;
         let procs = n.div_ceil(per_process.max(1)).clamp(1, pipes);
 
-        let backend = BackendChild::start()?;
+        let backend = SelfChild::backend()?;
         let ports = free_ports(2 * pipes)?;
         let (enc_ports, dec_ports) = ports.split_at(pipes);
         // Forward secrecy off: this measures holding connections, not
@@ -1984,22 +2113,93 @@ impl Bench {
     }
 }
 
-/// The echo/sink backend in a child process (this bench binary again,
-/// with [`BACKEND_CHILD`]), for tests where this process's descriptors
-/// are all needed for clients. It exits when its standard input closes,
-/// so it cannot outlive the bench.
-struct BackendChild {
+/// One figure per slot, spiped's first (as [`Samples::both`] gives).
+type Both = (Option<f64>, Option<f64>);
+
+/// The floor section's name for a slot: spipes' slot holds the floor.
+fn floor_name(which: Impl) -> &'static str {
+    match which {
+        Impl::Spiped => "spiped",
+        Impl::Spipes => "floor",
+    }
+}
+
+/// The note on a floor row: floor/spiped, what the floor does with it,
+/// and what the target asks of spipes.
+fn floor_note(
+    spiped: Option<f64>,
+    floor: Option<f64>,
+    verb: &str,
+    of: &str,
+    target: &str,
+) -> String {
+    match (spiped, floor) {
+        (Some(a), Some(b)) if a > 0.0 && a.is_finite() && b.is_finite() => {
+            let x = b / a;
+            format!(
+                "{x:.2}x: a zero-work pair {verb} {x:.2}x {of}; the target \
+                 asks spipes for {target}"
+            )
+        }
+        _ => "n/a".to_owned(),
+    }
+}
+
+/// The zero-work floor: a `d` child in front of the backend, an `e`
+/// child in front of it; clients connect to `entry`.
+struct FloorPair {
+    enc: SelfChild,
+    dec: SelfChild,
+    entry: SocketAddr,
+}
+
+impl FloorPair {
+    /// Starts the `d` child, then the `e` child pointing at it.
+    fn start(backend: u16) -> Result<FloorPair> {
+        let dec = SelfChild::floor("d", backend)?;
+        let enc = SelfChild::floor("e", dec.port)?;
+        let entry = local(enc.port);
+        Ok(FloorPair { enc, dec, entry })
+    }
+
+    /// Fails if either child has exited.
+    fn check_alive(&mut self) -> Result<()> {
+        self.enc.check_alive()?;
+        self.dec.check_alive()
+    }
+}
+
+/// A child process of this bench binary that serves on a port it prints
+/// as one line: the echo/sink backend (with [`BACKEND_CHILD`]), for tests
+/// where this process's descriptors are all needed for clients, or one
+/// end of the zero-work floor (with [`FLOOR_CHILD`]). It exits when its
+/// standard input closes, so it cannot outlive the bench.
+struct SelfChild {
     child: Child,
     port: u16,
+    label: String,
 }
 
 /// The argument that makes this binary a backend child.
 const BACKEND_CHILD: &str = "--compare-backend-child";
 
-impl BackendChild {
-    fn start() -> Result<BackendChild> {
+impl SelfChild {
+    /// Starts the backend child.
+    fn backend() -> Result<SelfChild> {
+        SelfChild::start("the backend child", &[BACKEND_CHILD])
+    }
+
+    /// Starts one end of the floor, `role` `e` or `d`, forwarding to
+    /// 127.0.0.1:`dst`.
+    fn floor(role: &str, dst: u16) -> Result<SelfChild> {
+        let label = format!("floor {role} child");
+        SelfChild::start(&label, &[FLOOR_CHILD, role, &dst.to_string()])
+    }
+
+    /// Runs this binary with `args` and waits for the port it prints.
+    fn start(label: &str, args: &[&str]) -> Result<SelfChild> {
         let mut child = Command::new(std::env::current_exe()?)
-            .arg(BACKEND_CHILD)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -2017,18 +2217,27 @@ impl BackendChild {
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                bail!("the backend child printed no port");
+                bail!("{label} printed no port");
             }
         };
         let port = line.trim().parse().with_context(|| {
             let _ = child.kill();
-            format!("backend child said {line:?}")
+            format!("{label} said {line:?}")
         })?;
-        Ok(BackendChild { child, port })
+        let label = label.to_owned();
+        Ok(SelfChild { child, port, label })
+    }
+
+    /// Fails if the process has exited (its errors went to our stderr).
+    fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited ({status})", self.label);
+        }
+        Ok(())
     }
 }
 
-impl Drop for BackendChild {
+impl Drop for SelfChild {
     fn drop(&mut self) {
         drop(self.child.stdin.take());
         if wait_exit(&mut self.child, ms(2000)).is_none() {
@@ -2070,6 +2279,161 @@ fn backend_child() -> Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------
+// The zero-work floor
+// ---------------------------------------------------------------------
+
+/// The argument that makes this binary one end of the zero-work floor:
+/// `--compare-floor-child e|d DST_PORT`.
+const FLOOR_CHILD: &str = "--compare-floor-child";
+
+/// Bytes of a nonce in spiped's handshake.
+const FLOOR_NONCE: usize = 32;
+/// Bytes of a DH message in spiped's handshake: `y` (256) and its MAC.
+const FLOOR_DH: usize = 288;
+/// The most the floor's relay reads at once: one packet's worth.
+const FLOOR_PACKET: usize = 1060;
+
+/// The most reads the floor's drain at close may take.
+const FLOOR_DRAIN_READS: usize = 64;
+
+/// Which end of the floor pair a floor child plays.
+#[derive(Clone, Copy)]
+enum FloorRole {
+    /// Faces clients; dials the `d` end and speaks first.
+    Encrypt,
+    /// Faces the `e` end; dials the backend.
+    Decrypt,
+}
+
+/// A floor child's whole life: listen on an ephemeral port, print it,
+/// serve one connection at a time, exit when standard input closes.
+///
+/// The floor stands in for an encrypt/decrypt pair with no work at all:
+/// std only, blocking sockets, one thread, `TCP_NODELAY`, one connection
+/// at a time, handled inline. Per connection it does the least a spiped
+/// pair's message pattern needs, with no crypto (see [`floor_conn`]), then
+/// a relay scripted for one client doing request/response (see
+/// [`floor_relay`]). That is strictly less work than any real forwarder,
+/// which must also carry the other direction at the same time, encrypt
+/// and MAC, and serve other connections meanwhile: it is a floor, not a
+/// design. An I/O error ends the child with a nonzero status, which the
+/// bench sees as a failed connect and an exited child.
+fn floor_child() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let at = args.iter().position(|a| a == FLOOR_CHILD).unwrap_or(0);
+    let (role, dst) = match args.get(at + 1..at + 3) {
+        Some([r, p]) if r == "e" || r == "d" => {
+            let role = if r == "e" {
+                FloorRole::Encrypt
+            } else {
+                FloorRole::Decrypt
+            };
+            (role, p.parse::<u16>().with_context(|| format!("port {p}"))?)
+        }
+        _ => bail!("usage: {FLOOR_CHILD} e|d DST_PORT"),
+    };
+    let listener = StdListener::bind("127.0.0.1:0")?;
+    println!("{}", listener.local_addr()?.port());
+    std::io::stdout().flush()?;
+
+    // The main thread blocks in accept, so a second one watches stdin.
+    std::thread::spawn(|| {
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut sink);
+        std::process::exit(0);
+    });
+    loop {
+        let (client, _) = listener.accept()?;
+        floor_conn(role, client, local(dst))
+            .with_context(|| format!("floor child forwarding to {dst}"))?;
+    }
+}
+
+/// One connection through a floor end: spiped's handshake messages as
+/// zeros, then [`floor_relay`].
+///
+/// `e` dials `d`, then writes 32 and reads 32 (nonces), writes 288 and
+/// reads 288 (DH messages). `d` writes its 32, dials the backend, reads
+/// 32, reads 288 and writes 288. spiped's decrypt end dials its target at
+/// accept, alongside the handshake (`proto_conn_create`), so `d` dials
+/// while `e` is busy with the nonce rather than after the handshake,
+/// which would add a step spiped does not have.
+fn floor_conn(
+    role: FloorRole,
+    mut client: StdStream,
+    dst: SocketAddr,
+) -> Result<()> {
+    floor_socket(&client)?;
+    let zeros = [0u8; FLOOR_DH];
+    let mut buf = [0u8; FLOOR_DH];
+    let mut target = match role {
+        FloorRole::Encrypt => {
+            let mut t = floor_dial(dst)?;
+            t.write_all(&zeros[..FLOOR_NONCE])?;
+            t.read_exact(&mut buf[..FLOOR_NONCE])?;
+            t.write_all(&zeros)?;
+            t.read_exact(&mut buf)?;
+            t
+        }
+        FloorRole::Decrypt => {
+            client.write_all(&zeros[..FLOOR_NONCE])?;
+            let t = floor_dial(dst)?;
+            client.read_exact(&mut buf[..FLOOR_NONCE])?;
+            client.read_exact(&mut buf)?;
+            client.write_all(&zeros)?;
+            t
+        }
+    };
+    floor_relay(&mut client, &mut target)
+}
+
+/// Sets `TCP_NODELAY` (as both daemons do) and I/O timeouts, so a stuck
+/// peer cannot hold a floor child forever.
+fn floor_socket(s: &StdStream) -> Result<()> {
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(())
+}
+
+/// Connects to `addr` for a floor end.
+fn floor_dial(addr: SocketAddr) -> Result<StdStream> {
+    let s = StdStream::connect_timeout(&addr, IO_TIMEOUT)
+        .with_context(|| format!("connect {addr}"))?;
+    floor_socket(&s)?;
+    Ok(s)
+}
+
+/// The relay, scripted for one client doing request/response: read up to
+/// a packet from the client side (end of stream stops), write it all to
+/// the target side, read up to a packet back (end of stream stops), write
+/// it all to the client. This carries [`echo_once`] (one byte each way,
+/// then close) and [`ping_pong`] (one-byte round trips), and only those.
+/// Then the target side gets end of stream and is read to its end.
+fn floor_relay(client: &mut StdStream, target: &mut StdStream) -> Result<()> {
+    let mut buf = [0u8; FLOOR_PACKET];
+    loop {
+        let n = client.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        target.write_all(&buf[..n])?;
+        let n = target.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        client.write_all(&buf[..n])?;
+    }
+    target.shutdown(Shutdown::Write)?;
+    for _ in 0..FLOOR_DRAIN_READS {
+        if target.read(&mut buf)? == 0 {
+            return Ok(());
+        }
+    }
+    bail!("the target sent more than expected after end of stream")
+}
+
 fn machine() -> String {
     let nproc = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -2101,6 +2465,9 @@ fn machine() -> String {
 fn main() -> Result<()> {
     if std::env::args().any(|a| a == BACKEND_CHILD) {
         return backend_child();
+    }
+    if std::env::args().any(|a| a == FLOOR_CHILD) {
+        return floor_child();
     }
     LazyLock::force(&START);
     let plan = Plan::from_env()?;
@@ -2135,11 +2502,12 @@ fn main() -> Result<()> {
     };
 
     type Section = fn(&mut Bench) -> Result<()>;
-    let sections: [(&str, Section); 7] = [
+    let sections: [(&str, Section); 8] = [
         ("throughput", Bench::throughput),
         ("handshake", Bench::handshake),
         ("burst", Bench::burst),
         ("latency", Bench::latency),
+        ("floor", Bench::floor),
         ("rss", Bench::rss),
         ("pipes1000", Bench::pipes1000),
         ("conns10k", Bench::conns10k),
