@@ -16,6 +16,7 @@ use ctr::cipher::array::Array;
 use ctr::cipher::{InnerIvInit, Iv, KeyInit, SetIvState, StreamCipherCore};
 use ctr::flavors::Ctr64BE;
 use subtle::ConstantTimeEq;
+use zeroize::Zeroize;
 
 use super::mac::PacketMac;
 
@@ -204,6 +205,10 @@ impl Opener {
         packets: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), PacketError> {
+        // Room for every payload, and for the last one's decryption.
+        let count = packets.len() / PACKET_LEN;
+        out.reserve(count * MAX_PAYLOAD + (BLOCKS_LEN - MAX_PAYLOAD));
+
         let (pairs, rest) = packets.as_chunks::<{ 2 * PACKET_LEN }>();
         for pair in pairs {
             let (a, b) = pair.split_at(PACKET_LEN);
@@ -236,19 +241,25 @@ impl Opener {
             return Err(PacketError::BadMac);
         }
 
-        // Decrypt on the stack, all 65 blocks in one cipher call, then
-        // append only the payload: `out` needs no spare room.
-        let mut block = zeroize::Zeroizing::new([0u8; BLOCKS_LEN]);
-        block[..PADDED_LEN].copy_from_slice(ct);
-        self.keys.apply_keystream(&mut block[..], self.keys.next);
-        let field: [u8; 4] = block[MAX_PAYLOAD..PADDED_LEN]
+        // Decrypt in place at the end of `out`, all 65 blocks in one
+        // cipher call, then cut `out` back to the payload.
+        let start = out.len();
+        out.extend_from_slice(ct);
+        out.resize(start + BLOCKS_LEN, 0);
+        self.keys.apply_keystream(&mut out[start..], self.keys.next);
+        let field: [u8; 4] = out[start + MAX_PAYLOAD..start + PADDED_LEN]
             .try_into()
             .expect("the plaintext ends in a 4-byte length field");
         let len = u32::from_be_bytes(field) as usize;
+
+        // What lies past the payload (padding, the length field and 12
+        // bytes of bare keystream) is wiped before it leaves `out`.
+        let end = if len > MAX_PAYLOAD { 0 } else { len };
+        out[start + end..].zeroize();
+        out.truncate(start + end);
         if len > MAX_PAYLOAD {
             return Err(PacketError::BadLength);
         }
-        out.extend_from_slice(&block[..len]);
         self.keys.take_number();
         Ok(())
     }

@@ -149,7 +149,12 @@ fn load_block(block: &[u8; 64]) -> [__m128i; 4] {
             _mm_loadu_si128(p.add(3)),
         ]
     };
-    w.map(|v| _mm_shuffle_epi8(v, swap))
+    [
+        _mm_shuffle_epi8(w[0], swap),
+        _mm_shuffle_epi8(w[1], swap),
+        _mm_shuffle_epi8(w[2], swap),
+        _mm_shuffle_epi8(w[3], swap),
+    ]
 }
 
 /// The next four message words, W[i+16..i+20], from the previous 16.
