@@ -56,6 +56,7 @@ pub enum Command {
     /// spiped's `spipe` does (for `ssh -o ProxyCommand`).
     Connect {
         /// The decrypting end to dial: host:port, [v6]:port or a path.
+        #[allow(rustdoc::broken_intra_doc_links)] // "[v6]" is --help text
         #[arg(short, long)]
         target: String,
         /// The key file.

@@ -263,7 +263,7 @@ async fn open_packets(
 
         // Open every whole packet; keep a partial one for the next read.
         let whole = filled - filled % PACKET_LEN;
-        let mut plain = Vec::with_capacity(whole / PACKET_LEN * MAX_PAYLOAD);
+        let mut plain = Vec::new();
         let failed = opener.open_all(&buf[..whole], &mut plain).err();
         buf.copy_within(whole..filled, 0);
         filled -= whole;

@@ -4,9 +4,11 @@
 //! benchmarks and the fuzz targets all exercise the same code. The modules
 //! follow spiped's own concepts, plus the supervisor that spiped lacks.
 
-// Deny rather than forbid: `protocol::sha_ni` allows `unsafe` for its SIMD
-// loads and stores, and argues there why each use is sound.
+// Deny rather than forbid: four functions of `protocol::sha_ni` allow
+// `unsafe`, for SIMD loads and stores and for the call into code built for
+// the SHA extensions, and say there why each use is sound.
 #![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
 pub mod address;

@@ -150,7 +150,7 @@ impl PipeStats {
     }
 
     /// Runs `log` unless a warning of this kind was logged within the
-    /// last [`WARN_INTERVAL`].
+    /// last `WARN_INTERVAL` (10 s).
     pub fn warn_limited(&self, kind: &'static str, log: impl FnOnce()) {
         let now = Instant::now();
         let mut warned = lock(&self.warned);

@@ -285,7 +285,6 @@ async fn open_loop(
         // Open every whole packet; keep a partial one for the next read.
         let whole = filled - filled % PACKET_LEN;
         plain.clear();
-        plain.reserve_exact(whole / PACKET_LEN * MAX_PAYLOAD);
         opener
             .open_all(&wire[..whole], &mut plain)
             .map_err(RelayError::Packet)?;

@@ -5,14 +5,15 @@
 //! than taken from the `hmac` crate for two reasons. Its message always
 //! has the same length, so the padding blocks are laid out once per
 //! packet with no buffering; and two packets can share the CPU's SHA
-//! units (see [`super::sha_ni`]). Both are checked against `hmac` in the
+//! units (see `super::sha_ni`). Both are checked against `hmac` in the
 //! tests, and the `hmac` crate still does every other MAC in spipes.
 
 use sha2::block_api::compress256;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-/// Bytes of a packet that the MAC covers, before its number.
-pub const CT_LEN: usize = 1028;
+/// Bytes of a packet that the MAC covers, before its number: the
+/// encrypted payload, padding and length field.
+const CT_LEN: usize = super::packet::PADDED_LEN;
 
 /// Bytes of ciphertext in the 16 whole blocks of the inner hash; the
 /// other 4 go into the last block with the packet number.
@@ -34,7 +35,8 @@ const H0: [u32; 8] = [
 /// One direction's MAC key, kept as the two hash states after the
 /// key's inner and outer pad blocks: a packet starts from these instead
 /// of hashing the pads again. They are as secret as the key itself, and
-/// wiped on drop.
+/// wiped on drop, as are a MAC's inner state and outer block once the
+/// MAC is made.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct PacketMac {
     inner: [u32; 8],
@@ -68,14 +70,16 @@ impl PacketMac {
         compress256(&mut inner, &[inner_tail(ct, n)]);
 
         let mut outer = self.outer;
-        compress256(&mut outer, &[outer_block(&inner)]);
+        let mut block = [outer_block(&inner)];
+        compress256(&mut outer, &block);
         inner.zeroize();
+        block.zeroize();
         digest(&outer)
     }
 
     /// The MACs of two packets, `a` and `b`: the same as two calls to
-    /// [`PacketMac::tag`], and about 1.6 times faster where the CPU has
-    /// SHA-NI.
+    /// [`PacketMac::tag`], and where the CPU has SHA-NI about 1.7 times
+    /// faster than those two calls (BENCHMARKS.md).
     pub fn tag_pair(
         &self,
         a: (&[u8; CT_LEN], u64),
@@ -95,14 +99,12 @@ impl PacketMac {
         );
 
         let (mut outer_a, mut outer_b) = (self.outer, self.outer);
-        compress_pair(
-            &mut outer_a,
-            &mut outer_b,
-            &[outer_block(&inner_a)],
-            &[outer_block(&inner_b)],
-        );
+        let mut blocks = [outer_block(&inner_a), outer_block(&inner_b)];
+        let (block_a, block_b) = blocks.split_at(1);
+        compress_pair(&mut outer_a, &mut outer_b, block_a, block_b);
         inner_a.zeroize();
         inner_b.zeroize();
+        blocks.zeroize();
         (digest(&outer_a), digest(&outer_b))
     }
 }

@@ -8,7 +8,7 @@ pub mod dh;
 pub mod ephemeral;
 pub mod handshake;
 pub mod key;
-pub mod mac;
+mod mac;
 pub mod packet;
 #[cfg(target_arch = "x86_64")]
 mod sha_ni;

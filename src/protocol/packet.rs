@@ -8,7 +8,7 @@
 //! Each direction expands its AES key and keys its MAC once; a packet
 //! only resets the CTR counter block and starts from the keyed MAC state.
 //! Packets are sealed and opened two at a time where there are two, so
-//! that their MACs share the CPU (see [`super::mac`]).
+//! that their MACs share the CPU (see `super::mac`).
 
 use aes::Aes256Enc;
 use ctr::CtrCore;
@@ -26,7 +26,7 @@ pub const PACKET_LEN: usize = 1060;
 pub const MAX_PAYLOAD: usize = 1024;
 
 /// Bytes of the encrypted part: payload, padding and the length field.
-const PADDED_LEN: usize = MAX_PAYLOAD + 4;
+pub(crate) const PADDED_LEN: usize = MAX_PAYLOAD + 4;
 
 /// Why an incoming packet was refused. Any of these ends the connection.
 #[derive(Clone, Copy, Debug, thiserror::Error, PartialEq, Eq)]
@@ -199,20 +199,28 @@ impl Opener {
     /// packet are left alone. Two packets' MACs are computed at a time.
     ///
     /// Stops at the first bad packet, with the plaintext of the packets
-    /// before it appended; the connection must be dropped.
+    /// before it appended; the connection must be dropped. Reserves the
+    /// room it needs in `out` itself.
     pub fn open_all(
         &mut self,
         packets: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), PacketError> {
-        // Room for every payload, and for the last one's decryption.
+        // Room for every payload, and for the last one's decryption:
+        // callers need not reserve, and should not (a second reservation
+        // on top of theirs could double the buffer).
         let count = packets.len() / PACKET_LEN;
-        out.reserve(count * MAX_PAYLOAD + (BLOCKS_LEN - MAX_PAYLOAD));
+        if count == 0 {
+            return Ok(());
+        }
+        out.reserve_exact(count * MAX_PAYLOAD + (BLOCKS_LEN - MAX_PAYLOAD));
 
         let (pairs, rest) = packets.as_chunks::<{ 2 * PACKET_LEN }>();
         for pair in pairs {
             let (a, b) = pair.split_at(PACKET_LEN);
             let ((ct_a, tag_a), (ct_b, tag_b)) = (split(a), split(b));
+            // B's number cannot overflow: opening A would fail first, at
+            // the 2^64th packet. wrapping_add only keeps this line quiet.
             let n = self.keys.next;
             let (want_a, want_b) =
                 self.keys.mac.tag_pair((ct_a, n), (ct_b, n.wrapping_add(1)));
@@ -446,6 +454,27 @@ mod tests {
         let r = Opener::new(&ENC, &MAC).open_all(&sealed, &mut out);
         assert_eq!(r, Err(PacketError::BadMac));
         assert_eq!(out, vec![0x42; MAX_PAYLOAD]);
+    }
+
+    #[test]
+    fn open_all_stops_at_a_bad_length_in_either_slot_of_a_pair() {
+        for bad in 0..4 {
+            // Four packets; packet `bad` says 1025 bytes under a good MAC.
+            let mut sealer = Sealer::new(&ENC, &MAC);
+            let mut sealed = Vec::new();
+            for i in 0..4u8 {
+                let mut padded = [i; PADDED_LEN];
+                let len: u32 = if i == bad { 1025 } else { 3 };
+                padded[MAX_PAYLOAD..].copy_from_slice(&len.to_be_bytes());
+                sealed.extend(seal_raw(&mut sealer, &padded));
+            }
+
+            let mut out = Vec::new();
+            let r = Opener::new(&ENC, &MAC).open_all(&sealed, &mut out);
+            assert_eq!(r, Err(PacketError::BadLength), "bad packet {bad}");
+            let want: Vec<u8> = (0..bad).flat_map(|i| [i; 3]).collect();
+            assert_eq!(out, want, "bad packet {bad}");
+        }
     }
 
     #[test]
