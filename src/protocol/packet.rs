@@ -220,7 +220,7 @@ impl Opener {
             let (a, b) = pair.split_at(PACKET_LEN);
             let ((ct_a, tag_a), (ct_b, tag_b)) = (split(a), split(b));
             // B's number cannot overflow: opening A would fail first, at
-            // the 2^64th packet. wrapping_add only keeps this line quiet.
+            // the 2^64th packet, so wrapping_add needs no check of its own.
             let n = self.keys.next;
             let (want_a, want_b) =
                 self.keys.mac.tag_pair((ct_a, n), (ct_b, n.wrapping_add(1)));
