@@ -281,7 +281,7 @@ async fn reload(supervisor: &mut Supervisor, files: &mut Files) {
     // Whatever triggered this reload, the files as they are now count as
     // seen, so the watcher does not load the same content a second time.
     files.loaded = files.fingerprint();
-    match load(&files.config) {
+    let rejected = match load(&files.config) {
         Ok(config) => {
             files.follow(&config);
             if supervisor.daemon_services_differ(&config.daemon) {
@@ -292,13 +292,21 @@ async fn reload(supervisor: &mut Supervisor, files: &mut Files) {
             }
             let summary = supervisor.apply(config).await;
             tracing::info!("reloaded: {summary}");
+            false
         }
         Err(e) => {
             supervisor.board().count_reload(false);
             tracing::error!("reload rejected, the running config is kept: {e}");
+            true
         }
+    };
+
+    // `systemctl reload` cannot fail a rejected reload, so the status
+    // line (`systemctl status`) says so until the next good one.
+    let mut status = status_line(supervisor);
+    if rejected {
+        status.push_str("; last reload rejected, see the log");
     }
-    let status = status_line(supervisor);
     systemd::ready(&status);
 }
 

@@ -426,6 +426,58 @@ fn notify_sequence_ready_reload_stopping() {
     );
 }
 
+/// A reload that is rejected still ends in READY=1 (systemd has no way
+/// to fail it), and its STATUS= says it was rejected until a good reload
+/// clears that; the pipes serve throughout. The file is replaced by
+/// rename, which the watcher turns into exactly one reload.
+#[test]
+fn rejected_reload_shows_in_status() {
+    let ws = Workspace::new();
+    let chain = Chain::new(&ws, Endpoint::free_tcp());
+    let notify = NotifySocket::bind(&ws);
+    let good = fs::read_to_string(&chain.config).expect("read the config");
+
+    let mut cmd = spipes_command();
+    cmd.arg("run")
+        .arg("-c")
+        .arg(&chain.config)
+        .env("NOTIFY_SOCKET", &notify.path);
+    let mut daemon = Daemon::spawn(cmd, &ws, "spipes");
+    assert_ready(&notify.next(&mut daemon, READY_TIMEOUT), "at start");
+
+    // A key that does not exist: rejected, and said so.
+    let replace = |text: &str| {
+        let staged = ws.join("spipes.toml.new");
+        fs::write(&staged, text).expect("write the staged config");
+        fs::rename(&staged, &chain.config).expect("rename over the config");
+    };
+    replace(&good.replace("drain_timeout", "drain_timeot"));
+    assert_reloading(&notify.next(&mut daemon, READY_TIMEOUT));
+    let ready = notify.next(&mut daemon, READY_TIMEOUT);
+    assert_ready(&ready, "after the rejected reload");
+    assert_eq!(
+        ready.get("STATUS"),
+        Some(
+            "2 pipes running, 0 failed, 0 draining, 0 connections; last \
+             reload rejected, see the log"
+        ),
+        "after the rejected reload"
+    );
+    assert_echoes(connect(&chain.entry, &daemon), "after the rejected reload");
+
+    // The good file again: the note is gone.
+    replace(&good);
+    assert_reloading(&notify.next(&mut daemon, READY_TIMEOUT));
+    let ready = notify.next(&mut daemon, READY_TIMEOUT);
+    assert_eq!(
+        ready.get("STATUS"),
+        Some("2 pipes running, 0 failed, 0 draining, 0 connections"),
+        "after the good reload"
+    );
+
+    assert_stops_cleanly(&mut daemon, &notify);
+}
+
 /// Without `NOTIFY_SOCKET`, spipes serves all the same and stops cleanly.
 #[test]
 fn runs_without_notify_socket() {
