@@ -41,15 +41,13 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
 
 /// `spipes status`: ask the daemon through its control socket. The
 /// socket is `--socket`, else the config's `control_socket`, else the
-/// default; a config that does not load (its key files may be readable
-/// only by the daemon) falls back to the default.
+/// default. A config that does not load (a reload may have been rejected,
+/// or its key files may be readable only by the daemon) is still read
+/// for `control_socket` alone, with a warning that it has errors.
 pub fn status(config: &Path, socket: Option<&Path>) -> anyhow::Result<()> {
     let path = match socket {
         Some(path) => Some(path.to_path_buf()),
-        None => match config::load(config) {
-            Ok((config, _)) => config.daemon.control_socket,
-            Err(_) => Some(config::builtin::CONTROL_SOCKET.into()),
-        },
+        None => socket_of(config),
     };
     let Some(path) = path else {
         anyhow::bail!("the control socket is off (control_socket = \"\")");
@@ -57,6 +55,29 @@ pub fn status(config: &Path, socket: Option<&Path>) -> anyhow::Result<()> {
     let snapshot = crate::control::fetch(&path)?;
     print!("{}", crate::control::table(&snapshot));
     Ok(())
+}
+
+/// The control socket the config at `path` names, as the daemon read it
+/// or as it reads now, warning on standard error when the file does not
+/// load as a whole.
+fn socket_of(path: &Path) -> Option<std::path::PathBuf> {
+    let error = match config::load(path) {
+        Ok((config, _)) => return config.daemon.control_socket,
+        Err(e) => e,
+    };
+
+    let socket = config::control_socket_only(path)
+        .unwrap_or_else(|| Some(config::builtin::CONTROL_SOCKET.into()));
+    let first = error.0.first().map(String::as_str).unwrap_or("errors");
+    match &socket {
+        Some(s) => eprintln!(
+            "warning: the config does not load ({first}); asking the \
+             control socket {}",
+            s.display()
+        ),
+        None => eprintln!("warning: the config does not load ({first})"),
+    }
+    socket
 }
 
 /// `spipes keygen`: a new key file.

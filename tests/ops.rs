@@ -213,6 +213,37 @@ fn some_group() -> (String, u32) {
 // spipes status
 // ---------------------------------------------------------------------
 
+/// After a rejected reload the file has errors, but `spipes status -c`
+/// still finds the daemon's socket in it, and says the file is broken.
+#[test]
+fn status_reaches_the_daemon_when_the_config_has_errors() {
+    let ws = Workspace::new();
+    let key = ws.write_key("k");
+    let backend = Backend::sink();
+    let control = ws.join("ctl.sock");
+    let (pipes, _, _) = pair_toml(&key, backend.endpoint(), &[]);
+    let good = format!("{}{pipes}", daemon_toml(&control, None));
+    let config = ws.write_config("spipes.toml", &good);
+    let _spipes = Spipes::start(&config);
+
+    fs::write(&config, good.replace("[daemon]", "[daemon]\nbogus = 1"))
+        .expect("break the config");
+    let output = status(&["-c", path_str(&config)]);
+    assert!(output.status.success(), "{output:?}");
+    let rows = parse_status(&String::from_utf8_lossy(&output.stdout));
+    assert_eq!(rows.len(), 2, "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "warning: the config does not load ({}:2:1: unknown key \
+             `bogus` in [daemon]); asking the control socket {}",
+            config.display(),
+            control.display()
+        )
+    );
+}
+
 #[test]
 fn status_lists_pipes_and_counts_bytes() {
     let ws = Workspace::new();

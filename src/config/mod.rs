@@ -226,6 +226,25 @@ pub fn load(path: &Path) -> Result<(Config, Vec<Warning>), ConfigError> {
     load_str(path, &text)
 }
 
+/// Just `[daemon] control_socket` of the file at `path`, read without
+/// validating anything else, for `spipes status` when the whole file does
+/// not load (a reload may have been rejected, or the key files may be
+/// readable only by the daemon). `None` if the file is not TOML at all;
+/// otherwise the socket, or `Some(None)` when it is off (`""`).
+pub fn control_socket_only(path: &Path) -> Option<Option<PathBuf>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let table: toml::Table = text.parse().ok()?;
+    let value = table
+        .get("daemon")
+        .and_then(|d| d.get("control_socket"))
+        .and_then(|v| v.as_str());
+    Some(match value {
+        Some("") => None,
+        Some(path) => Some(PathBuf::from(path)),
+        None => Some(PathBuf::from(builtin::CONTROL_SOCKET)),
+    })
+}
+
 /// Validates `text` as the contents of the config file at `path`, which
 /// is not read: messages name `path`, and relative key file paths resolve
 /// against its folder. Key files are read as [`load`] reads them.
