@@ -289,6 +289,20 @@ fn connect(to: &Endpoint, daemon: &Daemon) -> Conn {
     })
 }
 
+/// `spipes run` on the chain's config, notifying `notify`.
+fn run_notified(
+    ws: &Workspace,
+    chain: &Chain,
+    notify: &NotifySocket,
+) -> Daemon {
+    let mut cmd = spipes_command();
+    cmd.arg("run")
+        .arg("-c")
+        .arg(&chain.config)
+        .env("NOTIFY_SOCKET", &notify.path);
+    Daemon::spawn(cmd, ws, "spipes")
+}
+
 /// Asserts `m` reports readiness: READY=1 and a non-empty STATUS= that
 /// counts both pipes as running.
 fn assert_ready(m: &Message, when: &str) {
@@ -386,12 +400,7 @@ fn notify_sequence_ready_reload_stopping() {
     let chain = Chain::new(&ws, Endpoint::free_tcp());
     let notify = NotifySocket::bind(&ws);
 
-    let mut cmd = spipes_command();
-    cmd.arg("run")
-        .arg("-c")
-        .arg(&chain.config)
-        .env("NOTIFY_SOCKET", &notify.path);
-    let mut daemon = Daemon::spawn(cmd, &ws, "spipes");
+    let mut daemon = run_notified(&ws, &chain, &notify);
 
     let ready = notify.next(&mut daemon, READY_TIMEOUT);
     assert_ready(&ready, "at start");
@@ -437,12 +446,7 @@ fn rejected_reload_shows_in_status() {
     let notify = NotifySocket::bind(&ws);
     let good = fs::read_to_string(&chain.config).expect("read the config");
 
-    let mut cmd = spipes_command();
-    cmd.arg("run")
-        .arg("-c")
-        .arg(&chain.config)
-        .env("NOTIFY_SOCKET", &notify.path);
-    let mut daemon = Daemon::spawn(cmd, &ws, "spipes");
+    let mut daemon = run_notified(&ws, &chain, &notify);
     assert_ready(&notify.next(&mut daemon, READY_TIMEOUT), "at start");
 
     // A key that does not exist: rejected, and said so.
