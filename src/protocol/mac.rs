@@ -37,7 +37,7 @@ const H0: [u32; 8] = [
 /// of hashing the pads again. They are as secret as the key itself, and
 /// wiped on drop, as are a MAC's inner state and outer block once the
 /// MAC is made.
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+#[derive(Zeroize, ZeroizeOnDrop)]
 pub struct PacketMac {
     inner: [u32; 8],
     outer: [u32; 8],
@@ -85,10 +85,6 @@ impl PacketMac {
         a: (&[u8; CT_LEN], u64),
         b: (&[u8; CT_LEN], u64),
     ) -> ([u8; 32], [u8; 32]) {
-        if !two_streams() {
-            return (self.tag(a.0, a.1), self.tag(b.0, b.1));
-        }
-
         let (mut inner_a, mut inner_b) = (self.inner, self.inner);
         compress_pair(&mut inner_a, &mut inner_b, body(a.0), body(b.0));
         compress_pair(
@@ -109,21 +105,10 @@ impl PacketMac {
     }
 }
 
-/// Whether [`compress_pair`] runs two streams at once on this CPU.
-#[cfg(target_arch = "x86_64")]
-fn two_streams() -> bool {
-    super::sha_ni::available()
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn two_streams() -> bool {
-    false
-}
-
 #[cfg(target_arch = "x86_64")]
 use super::sha_ni::compress_pair;
 
-/// Never called: [`two_streams`] is false off x86_64.
+/// Off x86_64 there are no SHA extensions to share: one after the other.
 #[cfg(not(target_arch = "x86_64"))]
 fn compress_pair(
     a: &mut [u32; 8],
